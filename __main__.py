@@ -1,0 +1,27 @@
+"""k8s-libvirt-lab: config/cluster.yaml (+ stack overrides) -> libvirt machines -> join chain."""
+
+from pathlib import Path
+
+import pulumi
+
+from lab.config import OVERRIDES, ConfigError, load_config
+from lab.infra.chain import LabInvocation
+from lab.infra.lab import Lab
+
+stack_cfg = pulumi.Config("lab")
+config_path = stack_cfg.get("config") or "config/cluster.yaml"
+overrides = {key: value for key in OVERRIDES if (value := stack_cfg.get(key)) is not None}
+if (uri := pulumi.Config("libvirt").get("uri")) is not None:
+    overrides["libvirt_uri"] = uri
+
+try:
+    cfg = load_config(Path(config_path), overrides)
+except ConfigError as e:
+    # Stop before a single resource is registered, with the message and nothing else.
+    raise SystemExit(f"k8s-libvirt-lab: invalid configuration\n{e}") from None
+
+lab = Lab(cfg, LabInvocation(config_path, pulumi.get_stack()))
+pulumi.export("nodes", lab.nodes)
+pulumi.export("join_order", lab.join_order)
+if lab.kubeconfig is not None:
+    pulumi.export("kubeconfig", lab.kubeconfig)

@@ -1,0 +1,113 @@
+"""The kubeadm join chain: one Pulumi resource per step of lab.topology.join_plan.
+
+cp1-init runs kubeadm on cp1 over SSH; every other step is a `lab` command run on this host, the
+same command a person would type. Pulumi decides the order; `lab` holds the logic (and the retry).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import local, remote
+
+from lab.config import LabConfig
+from lab.infra.machines import Machine
+from lab.render import kubeadm
+from lab.topology import Step, Topology, join_plan
+
+LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
+
+
+@dataclass(frozen=True)
+class LabInvocation:
+    """How the chain calls `lab`: the same config file and stack overrides as this program."""
+
+    config_path: str
+    stack: str
+
+    def command(self, *args: str) -> str:
+        return shlex.join([LAB, *args, "--config", self.config_path, "--stack", self.stack])
+
+
+def ssh_connection(
+    cfg: LabConfig, address: str, host_key: str, private_key: pulumi.Input[str]
+) -> remote.ConnectionArgs:
+    """SSH to a node with its pinned host key; keep dialling until it boots (the create timeout
+    bounds the wait), as remote.Command retries only the dial, never the command."""
+    return remote.ConnectionArgs(
+        host=address,
+        user=cfg.ssh.user,
+        private_key=private_key,
+        host_key=host_key,
+        dial_error_limit=-1,
+        per_dial_timeout=10,
+    )
+
+
+class JoinChain(pulumi.ComponentResource):
+    def __init__(
+        self,
+        cfg: LabConfig,
+        topo: Topology,
+        machines: dict[str, Machine],
+        lab: LabInvocation,
+        cp1_connection: remote.ConnectionArgs,
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("lab:kubeadm:JoinChain", "join-chain", None, opts)
+        self.steps: dict[str, pulumi.Resource] = {}
+        for step in join_plan(topo):
+            after: list[pulumi.Resource] = [self.steps[s] for s in step.after]
+            triggers = None
+            if step.node:
+                after.append(machines[step.node])
+                triggers = [machines[step.node].domain.id]  # a rebuilt machine joins again
+            self.steps[step.name] = self._resource(step, cfg, lab, cp1_connection, after, triggers)
+
+        # admin.conf exists once cp1-init has run; it is a secret, never plaintext in state.
+        self.kubeconfig = remote.Command(
+            "kubeconfig",
+            connection=cp1_connection,
+            create="sudo cat /etc/kubernetes/admin.conf",
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.steps[f"{topo.first.name}-init"]],
+                additional_secret_outputs=["stdout"],
+            ),
+        ).stdout
+        self.register_outputs({"kubeconfig": self.kubeconfig})
+
+    def _resource(
+        self,
+        step: Step,
+        cfg: LabConfig,
+        lab: LabInvocation,
+        cp1_connection: remote.ConnectionArgs,
+        after: list[pulumi.Resource],
+        triggers: list[pulumi.Output[str]] | None,
+    ) -> pulumi.Resource:
+        opts = pulumi.ResourceOptions(parent=self, depends_on=after)
+        if step.kind == "init":
+            wait = f"{cfg.tuning.join_max_wait_seconds + 600}s"
+            return remote.Command(
+                step.name,
+                connection=cp1_connection,
+                create=kubeadm.init_script(cfg),
+                logging=remote.Logging.STDOUT_AND_STDERR,
+                triggers=triggers,
+                opts=opts.merge(
+                    pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=wait))
+                ),
+            )
+        # A join's delete is `lab leave`: destroy or a smaller count removes the etcd member first.
+        delete = lab.command("leave", step.node) if step.kind == "join" and step.node else None
+        return local.Command(
+            step.name,
+            create=lab.command(*step.lab_args),
+            delete=delete,
+            triggers=triggers,
+            logging=local.Logging.STDOUT_AND_STDERR,
+            opts=opts,
+        )

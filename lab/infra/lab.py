@@ -1,0 +1,53 @@
+"""The Lab: network, machines in parallel, then the join chain (unless Kubernetes is off)."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_libvirt as libvirt
+
+from lab import keys
+from lab.config import LabConfig
+from lab.infra.chain import JoinChain, LabInvocation, ssh_connection
+from lab.infra.machines import LabNetwork, Machine
+from lab.render import cloudinit
+from lab.topology import build_topology, join_plan
+
+
+class Lab(pulumi.ComponentResource):
+    def __init__(
+        self, cfg: LabConfig, lab: LabInvocation, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("lab:index:Lab", cfg.cluster.name, None, opts)
+        topo = build_topology(cfg)
+        provider = libvirt.Provider(
+            "libvirt", uri=cfg.libvirt.uri, opts=pulumi.ResourceOptions(parent=self)
+        )
+        child = pulumi.ResourceOptions(parent=self, providers=[provider])
+        net = LabNetwork("lab-network", cfg, topo, child)
+
+        user_key = keys.ensure_user_key(cfg.ssh_key_path)
+        self.machines: dict[str, Machine] = {}
+        for node in topo.nodes:
+            host_key = keys.ensure_host_key(cfg.state_dir, node.name)
+            # The user-data carries the node's private host key: a secret in state.
+            user_data = pulumi.Output.secret(
+                cloudinit.user_data(cfg, topo, node, user_key=user_key, host_key=host_key)
+            )
+            self.machines[node.name] = Machine(node, net, cfg, user_data, child)
+
+        self.kubeconfig: pulumi.Output[str] | None = None
+        if cfg.kubernetes.enabled:
+            first = topo.first
+            connection = ssh_connection(
+                cfg,
+                str(first.address),
+                keys.pinned_host_key(cfg.state_dir, first.name),
+                pulumi.Output.secret(cfg.ssh_key_path.read_text()),
+            )
+            chain = JoinChain(
+                cfg, topo, self.machines, lab, connection, pulumi.ResourceOptions(parent=self)
+            )
+            self.kubeconfig = chain.kubeconfig
+        self.nodes = {n.name: str(n.address) for n in topo.nodes}
+        self.join_order = [s.name for s in join_plan(topo)] if cfg.kubernetes.enabled else []
+        self.register_outputs({"nodes": self.nodes})

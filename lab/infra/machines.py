@@ -1,0 +1,115 @@
+"""libvirt objects: the lab network with its pool and base image, and one Machine per node."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_libvirt as libvirt
+
+from lab.config import LabConfig
+from lab.render import cloudinit
+from lab.topology import Node, Topology
+
+GIB = 1024**3
+
+
+class LabNetwork(pulumi.ComponentResource):
+    """NAT network with static addresses (no DHCP), a storage pool, and the base image volume."""
+
+    def __init__(self, name: str, cfg: LabConfig, topo: Topology, opts: pulumi.ResourceOptions):
+        super().__init__("lab:libvirt:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = cfg.cluster.name
+        self.network = libvirt.Network(
+            "network",
+            name=cfg.network.name,
+            mode="nat",
+            domain=cfg.network.domain,
+            addresses=[str(cfg.network.cidr)],
+            autostart=True,
+            dhcp=libvirt.NetworkDhcpArgs(enabled=False),
+            dns=libvirt.NetworkDnsArgs(
+                enabled=True,
+                local_only=True,
+                hosts=[
+                    libvirt.NetworkDnsHostArgs(hostname=n.name, ip=str(n.address))
+                    for n in topo.nodes
+                ],
+            ),
+            opts=child,
+        )
+        self.pool = libvirt.Pool(
+            "pool",
+            name=cfg.libvirt.pool,
+            type="dir",
+            target=libvirt.PoolTargetArgs(path=str(cfg.libvirt.pool_path)),
+            opts=child,
+        )
+        # A volume cannot have both `source` and `size`: the image is a base, nodes grow on it.
+        self.base = libvirt.Volume(
+            "base-image",
+            name=f"{prefix}-base.qcow2",
+            pool=self.pool.name,
+            source=cfg.image.source,
+            format="qcow2",
+            opts=child,
+        )
+        self.register_outputs({"network": self.network.id, "pool": self.pool.id})
+
+
+class Machine(pulumi.ComponentResource):
+    """One node: a disk on the base image, its cloud-init disk, and the domain."""
+
+    def __init__(
+        self,
+        node: Node,
+        net: LabNetwork,
+        cfg: LabConfig,
+        user_data: pulumi.Input[str],
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("lab:libvirt:Machine", node.name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        name = f"{cfg.cluster.name}-{node.name}"
+        self.disk = libvirt.Volume(
+            f"{node.name}-disk",
+            name=f"{name}.qcow2",
+            pool=net.pool.name,
+            base_volume_id=net.base.id,
+            size=node.disk_gib * GIB,
+            format="qcow2",
+            opts=child,
+        )
+        self.cloudinit = libvirt.CloudInitDisk(
+            f"{node.name}-cloudinit",
+            name=f"{name}-cloudinit.iso",
+            pool=net.pool.name,
+            user_data=user_data,
+            network_config=cloudinit.network_config(cfg, node),
+            meta_data=cloudinit.meta_data(node),
+            opts=child,
+        )
+        # No wait_for_lease: addresses are static and there is no DHCP; the chain waits for SSH.
+        self.domain = libvirt.Domain(
+            f"{node.name}-domain",
+            name=name,
+            vcpu=node.cpus,
+            memory=node.memory_mib,
+            autostart=True,
+            qemu_agent=True,
+            cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
+            cloudinit=self.cloudinit.id,
+            disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],
+            network_interfaces=[
+                libvirt.DomainNetworkInterfaceArgs(
+                    network_id=net.network.id,
+                    mac=node.mac,
+                    addresses=[str(node.address)],
+                    hostname=node.name,
+                    wait_for_lease=False,
+                )
+            ],
+            # Cloud images print to, and some wait for, a serial console.
+            consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
+            opts=child,
+        )
+        self.register_outputs({"domain": self.domain.id, "address": str(node.address)})

@@ -1,0 +1,114 @@
+"""Nodes and the join plan: pure data derived from the config, shared by Pulumi and `lab`.
+
+The plan is the seed guide's manual procedure written down once: cp1 init, wait for a stable etcd,
+then one control plane at a time, each followed by a gate, then the workers together, then verify.
+`lab plan` prints it and `lab.infra` turns each step into one Pulumi resource.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from lab.config import ConfigError, LabConfig
+
+Role = Literal["control-plane", "worker"]
+StepKind = Literal["init", "gate", "join", "verify"]
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: Role
+    address: ipaddress.IPv4Address
+    cpus: int
+    memory_mib: int
+    disk_gib: int
+
+    @property
+    def mac(self) -> str:
+        """A stable MAC from the address, so a rebuilt VM keeps its identity on the bridge."""
+        a, b, c = self.address.packed[1:]
+        return f"52:54:00:{a:02x}:{b:02x}:{c:02x}"
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.role == "control-plane"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the chain; `after` names the steps it waits for, `node` the machine it needs."""
+
+    name: str
+    kind: StepKind
+    after: tuple[str, ...]
+    node: str | None = None
+    voters: int | None = None
+
+    @property
+    def lab_args(self) -> tuple[str, ...]:
+        """The `lab` command a person would type for this step (init runs kubeadm on the node)."""
+        match self.kind:
+            case "gate":
+                return ("gate", "--voters", str(self.voters))
+            case "join":
+                return ("join", str(self.node))
+            case "verify":
+                return ("verify",)
+        return ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: tuple[Node, ...]
+
+    @property
+    def control_planes(self) -> list[Node]:
+        return [n for n in self.nodes if n.is_control_plane]
+
+    @property
+    def workers(self) -> list[Node]:
+        return [n for n in self.nodes if not n.is_control_plane]
+
+    @property
+    def first(self) -> Node:
+        return self.control_planes[0]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"unknown node {name!r}; this config has {known}")
+
+
+def build_topology(cfg: LabConfig) -> Topology:
+    addresses = cfg.addresses
+    cp, wk = cfg.control_plane, cfg.workers
+    nodes = [
+        Node(n, "control-plane", addresses[n], cp.cpus, cp.memory_mib, cp.disk_gib)
+        for n in cfg.control_plane_names
+    ] + [
+        Node(n, "worker", addresses[n], wk.cpus, wk.memory_mib, wk.disk_gib)
+        for n in cfg.worker_names
+    ]
+    return Topology(tuple(nodes))
+
+
+def join_plan(topo: Topology) -> list[Step]:
+    """cp1 init -> gate(1) -> cp2 join -> gate(2) -> ... -> workers in parallel -> verify."""
+    first = topo.first.name
+    steps = [
+        Step(f"{first}-init", "init", (), first),
+        Step(f"{first}-gate", "gate", (f"{first}-init",), voters=1),
+    ]
+    for voters, node in enumerate(topo.control_planes[1:], start=2):
+        steps.append(Step(f"{node.name}-join", "join", (steps[-1].name,), node.name))
+        steps.append(Step(f"{node.name}-gate", "gate", (f"{node.name}-join",), voters=voters))
+    last_gate = steps[-1].name
+    workers = [Step(f"{w.name}-join", "join", (last_gate,), w.name) for w in topo.workers]
+    steps += workers
+    steps.append(Step("verify", "verify", tuple(w.name for w in workers) or (last_gate,)))
+    return steps

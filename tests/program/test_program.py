@@ -1,0 +1,154 @@
+"""The Pulumi program's resources and the exact edges of the join chain, under mocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.program.conftest import Graph, is_secret
+
+MACHINE_PARTS = {"disk", "cloudinit", "domain"}
+
+
+def machine(graph: Graph, node: str) -> set[str]:
+    return {f"{node}-{part}" for part in MACHINE_PARTS} & graph.resources.keys()
+
+
+def chain_deps(graph: Graph, step: str) -> set[str]:
+    """A step's dependencies on other chain steps (machines left out)."""
+    steps = set(graph.named("command:local:Command")) | set(graph.named("command:remote:Command"))
+    return graph.deps(step) & steps
+
+
+def test_default_lab_registers_network_machines_and_chain(run_program) -> None:
+    g = run_program()
+    assert g.named("libvirt:index/network:Network") == ["network"]
+    assert g.named("libvirt:index/pool:Pool") == ["pool"]
+    assert set(g.named("lab:libvirt:Machine")) == {"cp1", "cp2", "cp3", "worker1", "worker2"}
+    assert len(g.named("libvirt:index/domain:Domain")) == 5
+    assert g.outputs["join_order"] == [
+        "cp1-init",
+        "cp1-gate",
+        "cp2-join",
+        "cp2-gate",
+        "cp3-join",
+        "cp3-gate",
+        "worker1-join",
+        "worker2-join",
+        "verify",
+    ]
+    # A tree in `pulumi preview`: every resource sits under a component.
+    assert g.resources["cp2-domain"].parent == "cp2"
+    assert g.resources["cp2-join"].parent == "join-chain"
+    assert g.resources["join-chain"].parent == "k8s-lab"
+
+
+def test_chain_edges_are_exactly_the_seed_procedure(run_program) -> None:
+    g = run_program()
+    assert chain_deps(g, "cp1-init") == set()
+    assert chain_deps(g, "cp1-gate") == {"cp1-init"}
+    assert chain_deps(g, "cp2-join") == {"cp1-gate"}
+    assert chain_deps(g, "cp2-gate") == {"cp2-join"}
+    assert chain_deps(g, "cp3-join") == {"cp2-gate"}
+    assert chain_deps(g, "cp3-gate") == {"cp3-join"}
+    assert chain_deps(g, "worker1-join") == {"cp3-gate"}
+    assert chain_deps(g, "worker2-join") == {"cp3-gate"}
+    assert chain_deps(g, "verify") == {"worker1-join", "worker2-join"}
+
+
+def test_each_join_waits_for_its_own_machine_only(run_program) -> None:
+    g = run_program()
+    for node in ("cp2", "cp3", "worker1", "worker2"):
+        assert machine(g, node) <= g.deps(f"{node}-join"), node
+        others = {"cp1", "cp2", "cp3", "worker1", "worker2"} - {node}
+        for other in others:
+            assert not machine(g, other) & g.deps(f"{node}-join"), (node, other)
+    assert machine(g, "cp1") <= g.deps("cp1-init")
+
+
+def test_machines_are_independent_of_each_other(run_program) -> None:
+    g = run_program()
+    for node in ("cp1", "cp2", "cp3", "worker1", "worker2"):
+        for part in MACHINE_PARTS:
+            deps = g.deps(f"{node}-{part}")
+            assert not any(d.startswith(("cp", "worker")) and not d.startswith(node) for d in deps)
+    assert g.deps("cp1-domain") >= {"cp1-disk", "cp1-cloudinit", "network"}
+    assert g.deps("cp1-disk") >= {"base-image", "pool"}
+
+
+def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -> None:
+    g = run_program()
+    tail = f"--config {tmp_path / 'cluster.yaml'} --stack dev"
+    assert g.input("cp1-gate", "create") == f".venv/bin/lab gate --voters 1 {tail}"
+    assert g.input("cp2-join", "create") == f".venv/bin/lab join cp2 {tail}"
+    assert g.input("cp2-join", "delete") == f".venv/bin/lab leave cp2 {tail}"
+    assert g.input("cp3-gate", "create") == f".venv/bin/lab gate --voters 3 {tail}"
+    assert g.input("verify", "create") == f".venv/bin/lab verify {tail}"
+    assert g.input("verify", "delete") is None
+    init = g.input("cp1-init", "create")
+    assert "kubeadm init --config /etc/kubernetes/lab/init.yaml --upload-certs" in init
+    assert init.index("cloud-init status --wait") < init.index("kubeadm init")
+
+
+def test_ssh_pins_the_host_key_and_secrets_stay_secret(run_program, tmp_path) -> None:
+    g = run_program()
+    conn = g.input("cp1-init", "connection")
+    conn = conn["value"] if is_secret(conn) else conn
+    pinned = (tmp_path / "state" / "hosts" / "cp1.pub").read_text().strip()
+    assert conn["hostKey"] == pinned
+    assert conn["dialErrorLimit"] == -1
+    assert is_secret(conn["privateKey"]) or is_secret(g.input("cp1-init", "connection"))
+    # The user-data carries the node's private host key: it must be a secret in state.
+    assert is_secret(g.input("cp2-cloudinit", "userData"))
+    assert not is_secret(g.input("cp2-cloudinit", "networkConfig"))
+
+
+def test_five_control_planes_extend_the_chain(run_program) -> None:
+    g = run_program(control_planes="5", workers="1")
+    order = g.outputs["join_order"]
+    assert order[: order.index("cp5-gate") + 1] == [
+        "cp1-init",
+        "cp1-gate",
+        "cp2-join",
+        "cp2-gate",
+        "cp3-join",
+        "cp3-gate",
+        "cp4-join",
+        "cp4-gate",
+        "cp5-join",
+        "cp5-gate",
+    ]
+    assert chain_deps(g, "cp5-join") == {"cp4-gate"}
+    assert chain_deps(g, "worker1-join") == {"cp5-gate"}
+
+
+def test_zero_workers_verify_follows_the_last_gate(run_program) -> None:
+    g = run_program(workers="0")
+    assert not g.named("lab:libvirt:Machine") or "worker1" not in g.resources
+    assert chain_deps(g, "verify") == {"cp3-gate"}
+
+
+def test_one_control_plane_has_no_joins(run_program) -> None:
+    g = run_program(control_planes="1", workers="0")
+    assert g.outputs["join_order"] == ["cp1-init", "cp1-gate", "verify"]
+    assert not [n for n in g.resources if n.endswith("-join")]
+
+
+def test_machines_only_registers_no_chain(run_program) -> None:
+    g = run_program(kubernetes="false", control_planes="1", workers="0")
+    assert "join-chain" not in g.resources
+    assert not g.named("command:local:Command")
+    assert g.named("libvirt:index/domain:Domain") == ["cp1-domain"]
+    assert "kubeconfig" not in g.outputs
+
+
+def test_kubeconfig_is_fetched_after_init_as_a_secret_output(run_program) -> None:
+    g = run_program(control_planes="1", workers="0")
+    assert "kubeconfig" in g.outputs
+    assert "cp1-init" in g.deps("kubeconfig")
+    assert g.resources["kubeconfig"].inputs.get("create") == "sudo cat /etc/kubernetes/admin.conf"
+    assert "stdout" in g.resources["kubeconfig"].secret_outputs
+
+
+def test_bad_config_registers_nothing(run_program) -> None:
+    with pytest.raises(SystemExit, match=r"control_plane\.count: 4 is even"):
+        run_program(control_planes="4")

@@ -1,0 +1,72 @@
+"""`lab plan`: the join order from the config alone, in three formats; exit 2 on a bad config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def lab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lab.cli", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_plan_prints_control_planes_in_order_with_their_gates() -> None:
+    out = lab("plan")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    order = [line.split()[1] for line in lines]
+    assert order[:6] == ["cp1-init", "cp1-gate", "cp2-join", "cp2-gate", "cp3-join", "cp3-gate"]
+    assert "lab gate --voters 2" in lines[3] and "after: cp2-join" in lines[3]
+
+
+def test_plan_json_and_mermaid() -> None:
+    data = json.loads(lab("plan", "--format", "json").stdout)
+    assert [s["step"] for s in data["steps"]][:3] == ["cp1-init", "cp1-gate", "cp2-join"]
+    assert data["steps"][2]["command"] == ["lab", "join", "cp2"]
+    assert {
+        "name": "cp2",
+        "role": "control-plane",
+        "address": "10.30.0.12",
+        "mac": "52:54:00:1e:00:0c",
+    } in data["nodes"]
+    mermaid = lab("plan", "--format", "mermaid").stdout
+    assert mermaid.startswith("flowchart TD")
+    assert "  cp1-gate --> cp2-join" in mermaid and "  cp2-machine --> cp2-join" in mermaid
+
+
+def test_plan_on_a_bad_config_exits_2_with_the_field_path(tmp_path: Path) -> None:
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("control_plane:\n  count: 4\n")
+    out = lab("plan", "--config", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}: control_plane.count: 4 is even" in out.stderr
+    assert out.stdout == ""
+
+
+def test_plan_applies_stack_overrides(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.dev.yaml").write_text("config:\n  lab:workers: '0'\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.cli",
+            "plan",
+            "--config",
+            str(REPO / "config/cluster.yaml"),
+            "--stack",
+            "dev",
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    steps = [s["step"] for s in json.loads(out.stdout)["steps"]]
+    assert steps[-2:] == ["cp3-gate", "verify"]
