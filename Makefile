@@ -11,7 +11,7 @@ export LAB_STACK := $(STACK)
 # Debian packages per use: rendering checks, the integration harness, the engine tier.
 UNIT_DEBS        := cloud-init genisoimage
 INTEGRATION_DEBS := openssh-server iproute2 iptables openssl util-linux procps psmisc
-ENGINE_DEBS      := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base genisoimage
+ENGINE_DEBS      := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base genisoimage iproute2
 
 .PHONY: help venv up down preview plan diagnose verify engine lint test test-unit test-program \
         test-integration test-engine clean

@@ -145,6 +145,9 @@ class Libvirt(Strict):
     uri: str = "qemu:///system"
     pool: str = "k8s-lab"
     pool_path: Path = Path("/var/lib/libvirt/images/k8s-lab")
+    # host-passthrough is fastest; some nested-KVM hosts kill such guests (an MSR assertion in
+    # qemu): "default" leaves the CPU model to libvirt.
+    cpu_mode: Literal["host-passthrough", "host-model", "default"] = "host-passthrough"
 
 
 class Tuning(Strict):
@@ -266,6 +269,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "kubernetes": ("kubernetes", "enabled"),
     "image": ("image", "source"),
     "libvirt_uri": ("libvirt", "uri"),
+    "cpu_mode": ("libvirt", "cpu_mode"),
 }
 
 

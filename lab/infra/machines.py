@@ -96,7 +96,9 @@ class Machine(pulumi.ComponentResource):
             memory=node.memory_mib,
             autostart=True,
             qemu_agent=True,
-            cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
+            cpu=None
+            if cfg.libvirt.cpu_mode == "default"
+            else libvirt.DomainCpuArgs(mode=cfg.libvirt.cpu_mode),
             cloudinit=self.cloudinit.id,
             disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],
             network_interfaces=[
@@ -110,6 +112,10 @@ class Machine(pulumi.ComponentResource):
             ],
             # Cloud images print to, and some wait for, a serial console.
             consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
-            opts=child,
+            # With no DHCP lease and no guest agent yet, the provider reads the address back as
+            # empty: without this every `pulumi up` would propose an update.
+            opts=child.merge(
+                pulumi.ResourceOptions(ignore_changes=["networkInterfaces[0].addresses"])
+            ),
         )
         self.register_outputs({"domain": self.domain.id, "address": str(node.address)})
