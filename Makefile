@@ -10,16 +10,16 @@ export LAB_STACK := $(STACK)
 
 # Debian packages per use: rendering checks, the integration harness, the engine tier.
 UNIT_DEBS        := cloud-init genisoimage
-INTEGRATION_DEBS := openssh-server iproute2 iptables openssl util-linux procps psmisc
+INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps
 ENGINE_DEBS      := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base genisoimage iproute2
 
 .PHONY: help venv up down preview plan diagnose verify engine lint test test-unit test-program \
-        test-integration test-engine clean
+        test-integration test-engine bench clean
 
 help:
 	@echo "make up        set up and run pulumi up (dev stack, local state)"
 	@echo "make test      set up and run every test tier"
-	@echo "make preview | down | plan | diagnose | verify | engine | lint"
+	@echo "make preview | down | plan | diagnose | verify | engine | lint | bench"
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -73,6 +73,11 @@ test-integration: venv
 test-engine: venv engine
 	scripts/apt-ensure $(ENGINE_DEBS)
 	$(PY) -m pytest tests/engine
+
+# Speed figures live here, not in tests: lab join vs the seed's strategy, diagnose in parallel.
+bench: venv
+	scripts/apt-ensure $(INTEGRATION_DEBS)
+	$(PY) -m benchmarks.join_bench --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,13 +6,18 @@ Exit codes: 0 success, 1 the condition did not hold, 2 bad usage or configuratio
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lab.config import DEFAULT_CONFIG, ConfigError, LabConfig, load_config, stack_overrides
 from lab.topology import build_topology, join_plan
+
+if TYPE_CHECKING:
+    from lab.ops.common import Lab
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -53,6 +58,144 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
 Command = Callable[[LabConfig, argparse.Namespace], int]
 
 
+# ----------------------------------------------------------------- the operations (lab.ops)
+# Imported inside each command so `lab plan` stays free of gRPC and SSH.
+
+
+def _operate(
+    cfg: LabConfig, body: Callable[[Lab], Awaitable[int]], *, json_out: bool = False
+) -> int:
+    """Run one operation: progress lines with elapsed time (on stderr with --json), and a failed
+    condition, an unreachable node or an etcd error as exit 1 with one clear line."""
+    from lab.etcd import EtcdError
+    from lab.ops.common import Lab, OpFailed, Progress
+    from lab.ssh import SshError
+
+    async def go() -> int:
+        async with Lab(cfg, Progress(sys.stderr if json_out else sys.stdout)) as lab:
+            return await body(lab)
+
+    try:
+        return asyncio.run(go())
+    except (OpFailed, SshError, EtcdError) as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_gate(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.gate import gate
+
+    async def body(lab: Lab) -> int:
+        result = await gate(lab, args.voters, args.timeout)
+        if result.ok:
+            return EXIT_OK
+        print(f"gate failed after {result.elapsed:.1f}s ({result.polls} polls):", file=sys.stderr)
+        for v in result.violations:
+            print(f"  {v}", file=sys.stderr)
+        return EXIT_FAILED
+
+    return _operate(cfg, body)
+
+
+def cmd_join(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.join import join
+
+    build_topology(cfg).node(args.node)  # an unknown node is a usage error (exit 2)
+
+    async def body(lab: Lab) -> int:
+        await join(lab, args.node)
+        return EXIT_OK
+
+    return _operate(cfg, body)
+
+
+def cmd_cleanup(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.cleanup import cleanup_learners
+
+    if args.node:
+        build_topology(cfg).node(args.node)
+
+    async def body(lab: Lab) -> int:
+        await cleanup_learners(lab, args.node, dry_run=args.dry_run)
+        return EXIT_OK
+
+    return _operate(cfg, body)
+
+
+def cmd_diagnose(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.diagnose import diagnose, render
+
+    async def body(lab: Lab) -> int:
+        report = await diagnose(lab)
+        print(json.dumps(report.to_dict(), indent=2) if args.json else render(report))
+        return EXIT_OK
+
+    return _operate(cfg, body, json_out=args.json)
+
+
+def cmd_verify(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.verify import verify
+
+    async def body(lab: Lab) -> int:
+        checks = await verify(lab)
+        ok = all(c.ok for c in checks)
+        if args.json:
+            print(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=2))
+        else:
+            failed = ", ".join(c.name for c in checks if not c.ok)
+            print("verify: ok" if ok else f"verify: FAILED: {failed}")
+        return EXIT_OK if ok else EXIT_FAILED
+
+    return _operate(cfg, body, json_out=args.json)
+
+
+def cmd_leave(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.leave import leave
+
+    build_topology(cfg).node(args.node)
+
+    async def body(lab: Lab) -> int:
+        await leave(lab, args.node, force=args.force)
+        return EXIT_OK
+
+    return _operate(cfg, body)
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
+    g = sub.add_parser("gate", parents=[common], help="wait until etcd is stable with N voters")
+    g.add_argument("--voters", type=_positive(int), required=True, help="expected voting members")
+    g.add_argument("--timeout", type=_positive(float), default=None,
+                   help="seconds (default tuning.cp_stabilize_timeout_seconds)")
+    g.set_defaults(func=cmd_gate)
+    j = sub.add_parser("join", parents=[common], help="join a node, with cleanup, gate and retry")
+    j.add_argument("node")
+    j.set_defaults(func=cmd_join)
+    c = sub.add_parser("cleanup-learners", parents=[common], help="remove stale etcd learners")
+    c.add_argument("--node", default=None, help="also remove this node's own learner")
+    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    c.set_defaults(func=cmd_cleanup)
+    d = sub.add_parser("diagnose", parents=[common], help="connectivity, etcd status, root cause")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_diagnose)
+    v = sub.add_parser("verify", parents=[common], help="every member started, voters, nodes Ready")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+    lv = sub.add_parser("leave", parents=[common], help="remove a control plane, keeping quorum")
+    lv.add_argument("node")
+    lv.add_argument("--force", action="store_true", help="remove even when quorum would break")
+    lv.set_defaults(func=cmd_leave)
+
+
 def parser() -> argparse.ArgumentParser:
     """One subcommand per operation; each takes --config (default config/cluster.yaml)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -65,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="print the join order and its chain")
     plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
     plan.set_defaults(func=cmd_plan)
+    _add_operations(sub, common)
     return p
 
 

@@ -316,8 +316,9 @@ def stack_overrides(stack: str, project_dir: Path = Path(".")) -> dict[str, str]
     return found
 
 
-def describe(error: ValidationError, source: str) -> str:
+def describe(error: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
     """One line per problem: source, field path, what is wrong, the value given."""
+    by_path = {OVERRIDES[k]: k for k in overrides or {} if k in OVERRIDES}
     lines = []
     for e in error.errors():
         msg = e["msg"].removeprefix("Value error, ")
@@ -326,7 +327,9 @@ def describe(error: ValidationError, source: str) -> str:
         got = e.get("input")
         shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
         path = ".".join(str(p) for p in e["loc"])
-        lines.append(f"{source}: {path + ': ' if path else ''}{msg}{shown}")
+        key = by_path.get(tuple(str(p) for p in e["loc"]))
+        origin = f" [set by stack config lab:{key}]" if key else ""
+        lines.append(f"{source}: {path + ': ' if path else ''}{msg}{shown}{origin}")
     return "\n".join(lines)
 
 
@@ -339,7 +342,7 @@ def parse_config(raw: Any, source: str, overrides: dict[str, str] | None = None)
     try:
         return LabConfig.model_validate(apply_overrides(raw, overrides or {}))
     except ValidationError as e:
-        raise ConfigError(describe(e, source)) from None
+        raise ConfigError(describe(e, source, overrides)) from None
 
 
 def load_config(path: Path = DEFAULT_CONFIG, overrides: dict[str, str] | None = None) -> LabConfig:

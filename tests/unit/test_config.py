@@ -231,7 +231,12 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         {"wokers": "3"},
         r"stack config lab:wokers: unknown key; known keys: ",
     ),
-    ("even CP override", {}, {"control_planes": "4"}, r"control_plane\.count: 4 is even"),
+    (
+        "even CP override",
+        {},
+        {"control_planes": "4"},
+        r"control_plane\.count: 4 is even.* \[set by stack config lab:control_planes\]",
+    ),
 ]
 
 

@@ -1,0 +1,82 @@
+"""Name the cause of a failed join from the text kubeadm, etcd or SSH printed."""
+
+from __future__ import annotations
+
+import re
+
+# (cause, what it means, patterns) in priority order: the first match wins.
+CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
+    (
+        "path-blocked",
+        "a TCP path the join needs does not connect (firewall, libvirt network)",
+        ("path blocked",),
+    ),
+    (
+        "learner-not-in-sync",
+        "the new etcd learner did not catch up with the leader in time (peer traffic on 2380?)",
+        ("can only promote a learner member which is in sync with leader",),
+    ),
+    (
+        "too-many-learners",
+        "a stale learner from an earlier attempt blocks the member add",
+        ("too many learner members in cluster",),
+    ),
+    (
+        "unhealthy-cluster",
+        "etcd refused the change: the cluster is not healthy",
+        ("unhealthy cluster", "etcdserver: re-configuration failed"),
+    ),
+    (
+        "no-leader",
+        "etcd has no leader (quorum lost or an election in progress)",
+        ("no leader", "leader changed", "etcdserver: request timed out"),
+    ),
+    (
+        "member-exists",
+        "the node is already an etcd member (stale member of an earlier join)",
+        ("peerurl exists", "member already exists", "peer urls already exists"),
+    ),
+    (
+        "credentials",
+        "the bootstrap token or certificate key was refused or expired",
+        (
+            "certificate key",
+            "token id",
+            "couldn't validate the identity",
+            "unable to fetch the kubeadm-certs",
+            'secret "kubeadm-certs" not found',
+            "decrypt",
+        ),
+    ),
+    (
+        "node-dirty",
+        "the node holds files of an earlier join (kubeadm preflight)",
+        ("already exists", "port 10250 is in use", "is not empty", "some fatal errors occurred"),
+    ),
+    (
+        "etcd-unstable",
+        "etcd did not become stable in time (see the gate's rules)",
+        ("gate failed",),
+    ),
+    (
+        "connection-refused",
+        "a port the join needs is closed (nothing listening)",
+        ("connection refused",),
+    ),
+    (
+        "timeout",
+        "a connection or request timed out (filtered port, lost packets)",
+        ("timed out", "timeout", "deadline exceeded", "i/o timeout", "context deadline"),
+    ),
+    ("ssh", "the node is not reachable over SSH", ("unreachable", "host key", "ssh")),
+]
+
+
+def classify(text: str) -> tuple[str, str]:
+    """(cause, meaning) for an error text; ('unknown', first line) when nothing matches."""
+    low = text.lower()
+    for cause, meaning, patterns in CAUSES:
+        if any(p in low for p in patterns):
+            return cause, meaning
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "no output")
+    return "unknown", re.sub(r"\s+", " ", first)[:200]

@@ -1,0 +1,229 @@
+"""What every operation shares: the lab context (config, nodes, SSH shells, the etcd client),
+progress lines with elapsed time, and one snapshot of etcd (members, per-endpoint status, alarms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from lab.config import LabConfig
+from lab.etcd import Alarm, Etcd, EtcdError, Member, Status, TLSFiles, client_url, host_port
+from lab.ssh import NodeShell, SshError, shell_for
+from lab.topology import Node, Topology, build_topology
+
+# Where kubeadm keeps the etcd CA and the API server's etcd client pair on every control plane.
+NODE_CERTS = {
+    "ca.crt": "/etc/kubernetes/pki/etcd/ca.crt",
+    "client.crt": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+    "client.key": "/etc/kubernetes/pki/apiserver-etcd-client.key",
+}
+
+
+class OpFailed(Exception):
+    """The operation's condition did not hold (exit 1); the message says which and why."""
+
+
+class Progress:
+    """One line per step: `[ 12.3s] cp2: attempt 2/8: join`."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.stream = stream
+        self.quiet = quiet
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def __call__(self, node: str | None, message: str) -> None:
+        if self.quiet:
+            return
+        where = f"{node}: " if node else ""
+        print(
+            f"[{self.elapsed:5.1f}s] {where}{message}", file=self.stream or sys.stdout, flush=True
+        )
+
+
+@dataclass
+class Lab:
+    cfg: LabConfig
+    say: Progress
+    etcd_timeout: float = 5.0
+    topo: Topology = field(init=False)
+    _shells: dict[str, NodeShell] = field(default_factory=dict, init=False)
+    _etcd: Etcd | None = field(default=None, init=False)
+    _fetched: bool = field(default=False, init=False)  # certs fetched by this run
+
+    def __post_init__(self) -> None:
+        self.topo = build_topology(self.cfg)
+
+    async def __aenter__(self) -> Lab:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        shells, self._shells = list(self._shells.values()), {}
+        await asyncio.gather(*(s.close() for s in shells), return_exceptions=True)
+        if self._etcd is not None:
+            await self._etcd.close()
+            self._etcd = None
+
+    def shell(self, node: Node) -> NodeShell:
+        if node.name not in self._shells:
+            self._shells[node.name] = shell_for(self.cfg, node)
+        return self._shells[node.name]
+
+    # ------------------------------------------------------------------ etcd
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.cfg.state_dir / "etcd"
+
+    async def ensure_certs(self) -> TLSFiles:
+        """etcd client certs, fetched once over SSH from the first control plane that answers."""
+        tls = TLSFiles.in_dir(self.cert_dir)
+        if all(p.is_file() for p in tls.paths):
+            return tls
+        errors = []
+        for node in self.topo.control_planes:
+            try:
+                blobs = {
+                    name: await self.shell(node).read_file(path)
+                    for name, path in NODE_CERTS.items()
+                }
+            except SshError as e:
+                errors.append(str(e))
+                continue
+            self.cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.cert_dir, 0o700)
+            for name, data in blobs.items():
+                target = self.cert_dir / name
+                tmp = target.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            self._fetched = True
+            self.say(node.name, f"fetched etcd client certificates into {self.cert_dir}")
+            return tls
+        raise OpFailed("cannot fetch the etcd client certificates: " + "; ".join(errors))
+
+    async def etcd(self) -> Etcd:
+        if self._etcd is None:
+            tls = await self.ensure_certs()
+            endpoints = [client_url(n.address) for n in self.topo.control_planes]
+            self._etcd = Etcd(endpoints, tls, timeout=self.etcd_timeout)
+        return self._etcd
+
+    def node_of(self, member: Member) -> Node | None:
+        """The lab node a member belongs to: by name, or (not started yet) by its peer address."""
+        for n in self.topo.nodes:
+            if member.name == n.name or (not member.name and member.peer_host == str(n.address)):
+                return n
+        return None
+
+    def endpoint_of(self, member: Member) -> str:
+        node = self.node_of(member)
+        if node is not None:
+            return client_url(node.address)
+        for url in member.client_urls:
+            if "127.0.0.1" not in url and "localhost" not in url:
+                return url
+        return client_url(member.peer_host)
+
+    def member_label(self, member: Member) -> str:
+        node = self.node_of(member)
+        return member.name or (f"{node.name} (not started)" if node else member.label)
+
+    async def snapshot(self) -> Snapshot:
+        snap = await take_snapshot(await self.etcd(), self.endpoint_of)
+        if snap.list_error and "TLS handshake" in snap.list_error and not self._fetched:
+            # A rebuilt cluster has a new CA: the stored client certificates are stale.
+            self.say(None, "etcd rejects the stored client certificates: fetching them again")
+            for p in TLSFiles.in_dir(self.cert_dir).paths:
+                p.unlink(missing_ok=True)
+            if self._etcd is not None:
+                await self._etcd.close()
+                self._etcd = None
+            snap = await take_snapshot(await self.etcd(), self.endpoint_of)
+        return snap
+
+
+@dataclass
+class Snapshot:
+    """etcd as seen at one moment: what the gate, cleanup, diagnose, verify and leave decide on."""
+
+    members: list[Member]
+    statuses: dict[int, Status | str]  # member id -> its endpoint's Status, or why it failed
+    alarms: list[Alarm]
+    read_error: str | None  # None when a linearizable read succeeded
+    list_error: str | None = None  # the member list itself failed
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def voters(self) -> list[Member]:
+        return [m for m in self.members if not m.is_learner]
+
+    @property
+    def learners(self) -> list[Member]:
+        return [m for m in self.members if m.is_learner]
+
+    def status(self, m: Member) -> Status | None:
+        s = self.statuses.get(m.id)
+        return s if isinstance(s, Status) else None
+
+    def healthy(self, m: Member) -> bool:
+        """Started, its endpoint answers, it sees a leader and raises no error."""
+        s = self.status(m)
+        return m.started and s is not None and s.leader != 0 and not s.errors
+
+    @property
+    def leader_status(self) -> Status | None:
+        for s in self.statuses.values():
+            if isinstance(s, Status) and s.leader and s.member_id == s.leader:
+                return s
+        return None
+
+
+async def take_snapshot(etcd: Etcd, endpoint_of: Callable[[Member], str]) -> Snapshot:
+    list_error = None
+    try:
+        members = await etcd.members(linearizable=True)
+    except EtcdError as e:
+        list_error = str(e)
+        try:
+            members = await etcd.members(linearizable=False)
+        except EtcdError:
+            return Snapshot([], {}, [], str(e), list_error)
+    members.sort(key=lambda m: (not m.name, m.name, m.peer_urls))
+    endpoints = [endpoint_of(m) for m in members]
+
+    async def read() -> str | None:
+        try:
+            await etcd.linearizable_read()
+        except EtcdError as e:
+            return str(e)
+        return None
+
+    async def alarms() -> list[Alarm]:
+        try:
+            return await etcd.alarms()
+        except EtcdError:
+            return []
+
+    statuses, read_error, alarm_list = await asyncio.gather(
+        etcd.statuses(endpoints), read(), alarms()
+    )
+    by_id: dict[int, Status | str] = {}
+    for m, endpoint in zip(members, endpoints, strict=True):
+        by_id[m.id] = statuses[host_port(endpoint)]
+    return Snapshot(members, by_id, alarm_list, read_error or list_error, list_error)

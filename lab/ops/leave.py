@@ -1,0 +1,82 @@
+"""`lab leave <node>`: remove a control plane safely. It refuses to remove the last voter or to
+leave fewer healthy voters than the remaining cluster's quorum (unless forced); it removes the
+etcd member first, then resets the node. A node that is not a member is a no-op etcd-wise.
+"""
+
+from __future__ import annotations
+
+from lab.etcd import Member
+from lab.ops.common import Lab, OpFailed, Snapshot
+from lab.ops.node import KUBECONFIG, kubeadm_reset
+from lab.ssh import SshError
+
+
+def quorum(n: int) -> int:
+    return n // 2 + 1
+
+
+def leave_refusal(snap: Snapshot, target: Member, label: str = "") -> str | None:
+    """Why removing `target` would be unsafe, or None when it is safe."""
+    name = label or target.label
+    if target.is_learner:
+        return None  # a learner has no vote
+    voters = snap.voters
+    if len(voters) <= 1:
+        return f"{name} is the last voting member; removing it destroys the cluster"
+    healthy_now = [m for m in voters if snap.healthy(m)]
+    if len(healthy_now) < quorum(len(voters)):
+        return (
+            f"only {len(healthy_now)} of {len(voters)} voters are healthy: etcd has no quorum"
+            " to commit the removal"
+        )
+    remaining = [m for m in voters if m.id != target.id]
+    healthy_after = [m for m in remaining if snap.healthy(m)]
+    if len(healthy_after) < quorum(len(remaining)):
+        return (
+            f"removing {name} leaves {len(healthy_after)} healthy of {len(remaining)} voters,"
+            f" below the quorum of {quorum(len(remaining))}"
+        )
+    return None
+
+
+async def leave(lab: Lab, name: str, *, force: bool = False) -> None:
+    node = lab.topo.node(name)
+    try:
+        await lab.shell(node).connect()
+        reachable = True
+    except SshError as e:
+        if e.kind in ("hostkey", "auth"):
+            raise OpFailed(f"{e}; nothing changed") from None  # a wrong node or key: touch nothing
+        lab.say(name, f"warning: {e}; removing its etcd member anyway")
+        reachable = False
+    snap = await lab.snapshot()
+    mine = [m for m in snap.members if lab.node_of(m) == node]
+    if not mine:
+        lab.say(name, "not an etcd member: nothing to remove")
+    for m in mine:
+        why = leave_refusal(snap, m, lab.member_label(m))
+        if why and not force:
+            raise OpFailed(f"refusing to remove {name}: {why} (use --force to override)")
+        if why:
+            lab.say(name, f"--force: removing anyway: {why}")
+        await (await lab.etcd()).remove_member(m.id)
+        lab.say(name, f"removed etcd member {m.hex_id} ({'learner' if m.is_learner else 'voter'})")
+    if not reachable:
+        lab.say(name, "left etcd; the node itself was not reset (unreachable)")
+        return
+    lab.say(name, "kubeadm reset -f")
+    try:
+        await kubeadm_reset(lab, node)
+    except (OpFailed, SshError) as e:
+        if mine:
+            raise
+        lab.say(name, f"warning: {e}")
+    if node != lab.topo.first:
+        r = await lab.shell(lab.topo.first).run(
+            f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
+            timeout=60,
+        )
+        if not r.ok:
+            first = (r.output.splitlines() or ["no output"])[0]
+            lab.say(name, f"warning: kubectl delete node {name} failed: {first}")
+    lab.say(name, "left the cluster")

@@ -1,0 +1,184 @@
+"""What the operations do on the nodes over SSH: wait for a node, probe TCP paths, fetch join
+credentials from cp1, write the join config, run kubeadm, read the node list through kubectl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import time
+from dataclasses import dataclass
+
+from lab.ops.common import Lab, OpFailed
+from lab.render.kubeadm import JOIN_PATH, join_configuration
+from lab.ssh import SshError
+from lab.topology import Node
+
+KUBECONFIG = "/etc/kubernetes/admin.conf"
+PROBE_TIMEOUT = 2
+
+# One TCP probe per line: "<ip> <port> ok|timeout|<error>"; all probes of a node run in parallel.
+_PROBE = r"""probe() {
+  out=$(timeout PROBE_TIMEOUT bash -c "echo > /dev/tcp/$1/$2" 2>&1); rc=$?
+  if [ $rc = 0 ]; then echo "$1 $2 ok"; elif [ $rc = 124 ]; then echo "$1 $2 timeout";
+  else echo "$1 $2 ${out##*: }"; fi
+}
+""".replace("PROBE_TIMEOUT", str(PROBE_TIMEOUT))
+
+
+@dataclass(frozen=True)
+class TcpPath:
+    """One TCP path from a node to an address:port and what a connect attempt gave."""
+
+    source: str
+    target: str  # node name (or address)
+    port: int
+    ok: bool
+    error: str  # "" | "timeout" | "Connection refused" | "No route to host" | "ssh: ..."
+
+    @property
+    def blocked(self) -> bool:
+        """Filtered or unroutable: packets vanish. 'refused' is not blocked (host answers)."""
+        return (
+            not self.ok and not self.error.startswith("ssh") and "refused" not in self.error.lower()
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{self.source} -> {self.target}:{self.port}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "from": self.source,
+            "to": self.target,
+            "port": self.port,
+            "ok": self.ok,
+            "error": self.error or None,
+        }
+
+
+async def probe(lab: Lab, source: Node, targets: list[tuple[str, str, int]]) -> list[TcpPath]:
+    """TCP connect from `source` to each (name, address, port), all at once, in one SSH command."""
+    if not targets:
+        return []
+    calls = "".join(f"probe {shlex.quote(a)} {p} &\n" for _, a, p in targets)
+    try:
+        r = await lab.shell(source).run(
+            _PROBE + calls + "wait\n", sudo=False, timeout=PROBE_TIMEOUT + 10
+        )
+    except SshError as e:
+        return [TcpPath(source.name, n, p, False, f"ssh: {e}") for n, _, p in targets]
+    seen = {}
+    for line in r.stdout.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            seen[(parts[0], int(parts[1]))] = parts[2].strip()
+    out = []
+    for n, a, p in targets:
+        res = seen.get((a, p), "no result")
+        out.append(TcpPath(source.name, n, p, res == "ok", "" if res == "ok" else res))
+    return out
+
+
+async def wait_until_reachable(lab: Lab, node: Node, max_wait: float) -> None:
+    """SSH answers and cloud-init (on a real VM) is done, within max_wait seconds.
+
+    A wrong host key or a refused user key is bad input: it fails at once, not after max_wait.
+    """
+    deadline = time.monotonic() + max_wait
+    sh = lab.shell(node)
+    while True:
+        try:
+            await sh.connect()
+            break
+        except SshError as e:
+            if e.kind != "unreachable" or time.monotonic() + 1 > deadline:
+                raise OpFailed(str(e)) from None
+            await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    left = max(5.0, deadline - time.monotonic())
+    r = await sh.run(
+        "if [ -d /var/lib/cloud/instance ] && command -v cloud-init >/dev/null; then"
+        " cloud-init status --wait >/dev/null; fi",
+        timeout=left,
+    )
+    if not r.ok and r.exit_status != 2:  # 2: cloud-init finished with recoverable errors
+        raise OpFailed(f"{node.name}: cloud-init did not finish: {r.output}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: str
+    ca_cert_hash: str
+    certificate_key: str | None
+
+
+async def fetch_credentials(lab: Lab, *, control_plane: bool) -> Credentials:
+    """A fresh bootstrap token, the CA hash and (control plane) a certificate key, from cp1."""
+    sh = lab.shell(lab.topo.first)
+    token = (await sh.run("kubeadm token create --ttl 1h", check=True, timeout=60)).stdout
+    ca = await sh.run(
+        "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt"
+        " | openssl pkey -pubin -outform der | sha256sum",
+        check=True,
+        timeout=30,
+    )
+    key = None
+    if control_plane:
+        r = await sh.run("kubeadm init phase upload-certs --upload-certs", check=True, timeout=120)
+        key = _last_line(r.stdout)
+    return Credentials(_last_line(token), "sha256:" + ca.stdout.split()[0], key)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise OpFailed("kubeadm printed nothing where a token or key was expected")
+    return lines[-1]
+
+
+async def write_join_config(lab: Lab, node: Node, creds: Credentials) -> None:
+    text = join_configuration(
+        lab.cfg,
+        node,
+        token=creds.token,
+        ca_cert_hash=creds.ca_cert_hash,
+        certificate_key=creds.certificate_key,
+    )
+    await lab.shell(node).write_file(JOIN_PATH, text.encode(), mode=0o600)
+
+
+async def kubeadm_join(lab: Lab, node: Node, timeout: float) -> None:
+    r = await lab.shell(node).run(f"kubeadm join --config {JOIN_PATH}", timeout=timeout)
+    if not r.ok:
+        raise OpFailed(f"kubeadm join failed (exit {r.exit_status}): {gist(r.output)}")
+
+
+def gist(output: str, most: int = 4) -> str:
+    """The error lines of a long kubeadm output (each once), else its last lines."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = list(dict.fromkeys(ln for ln in lines if "error" in ln.lower()))
+    return "\n    ".join((errors or lines)[-most:]) or "no output"
+
+
+async def kubeadm_reset(lab: Lab, node: Node) -> None:
+    r = await lab.shell(node).run("kubeadm reset -f", timeout=180)
+    if not r.ok:
+        raise OpFailed(f"{node.name}: kubeadm reset -f failed (exit {r.exit_status}): {r.output}")
+
+
+async def kube_nodes(lab: Lab) -> dict[str, bool]:
+    """Node name -> Ready, from `kubectl get nodes -o json` on cp1."""
+    r = await lab.shell(lab.topo.first).run(
+        f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json", timeout=60, check=True
+    )
+    try:
+        items = json.loads(r.stdout).get("items", [])
+    except json.JSONDecodeError as e:
+        raise OpFailed(f"kubectl get nodes did not print JSON: {e}") from None
+    out = {}
+    for item in items:
+        conds = item.get("status", {}).get("conditions", [])
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+        out[item.get("metadata", {}).get("name", "?")] = ready
+    return out

@@ -1,0 +1,83 @@
+"""`lab verify`: the seed's verification. Every member started, no learner, the expected number
+of voters, every endpoint healthy, and every node of the config Ready (kubectl on cp1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lab.etcd import EtcdError
+from lab.ops.common import Lab, OpFailed, Snapshot
+from lab.ops.node import kube_nodes
+from lab.ssh import SshError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "detail": self.detail}
+
+
+def etcd_checks(snap: Snapshot, voters: int, label: Any = lambda m: m.label) -> list[Check]:
+    if snap.list_error and not snap.members:
+        return [Check("etcd members", False, f"member list failed: {snap.list_error}")]
+    names = ", ".join(label(m) for m in snap.voters) or "none"
+    not_started = [label(m) for m in snap.members if not m.started]
+    unhealthy = [label(m) for m in snap.members if m.started and not snap.healthy(m)]
+    return [
+        Check("members started", not not_started, ", ".join(not_started) or "all started"),
+        Check(
+            "no learner",
+            not snap.learners,
+            ", ".join(label(m) for m in snap.learners) or "no learner",
+        ),
+        Check(
+            "expected voters",
+            len(snap.voters) == voters,
+            f"{len(snap.voters)} of {voters}: {names}",
+        ),
+        Check(
+            "endpoints healthy",
+            not unhealthy and not snap.read_error,
+            ", ".join(unhealthy) or snap.read_error or "every endpoint answers",
+        ),
+    ]
+
+
+def node_checks(ready: dict[str, bool], expected: list[str]) -> list[Check]:
+    missing = [n for n in expected if n not in ready]
+    not_ready = [n for n in expected if n in ready and not ready[n]]
+    detail = (
+        "; ".join(
+            filter(
+                None,
+                [
+                    "missing: " + ", ".join(missing) if missing else "",
+                    "not Ready: " + ", ".join(not_ready) if not_ready else "",
+                ],
+            )
+        )
+        or f"{len(expected)} node(s) Ready"
+    )
+    return [Check("nodes Ready", not missing and not not_ready, detail)]
+
+
+async def verify(lab: Lab) -> list[Check]:
+    try:
+        snap = await lab.snapshot()
+        checks = etcd_checks(snap, len(lab.topo.control_planes), lab.member_label)
+    except (OpFailed, EtcdError) as e:
+        checks = [Check("etcd members", False, str(e))]
+    try:
+        ready = await kube_nodes(lab)
+        checks += node_checks(ready, [n.name for n in lab.topo.nodes])
+    except (OpFailed, SshError) as e:
+        checks.append(Check("nodes Ready", False, str(e)))
+    for c in checks:
+        lab.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+    return checks

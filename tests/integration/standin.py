@@ -1,0 +1,632 @@
+"""Stand-in `kubeadm` and `kubectl` for the integration test nodes (kubeadm cannot run here).
+
+It does to etcd exactly what kubeadm 1.29+ (learner mode, stacked etcd) does, with the real etcd
+3.5 binary and real etcdctl over TLS; everything else kubeadm does (kubelet, static pods,
+certificates, the API server) is reduced to what the lab can observe:
+
+- `kubeadm init [--config F]`: preflight (/var/lib/etcd empty, no kubelet.conf), start etcd as a new
+  single-member cluster named after the node, then a TCP listener on <address>:6443 for the API
+  server, write admin.conf + kubelet.conf, register the Node.
+- `kubeadm join --config F`: parse the v1beta4 JoinConfiguration; check the bootstrap token (format,
+  and that `kubeadm token create` made it), the CA hash against pki/ca.crt and that the API endpoint
+  answers; for a control plane also the certificate key (that `upload-certs` made). Then, as
+  kubeadm's etcd phase: MemberAddAsLearner through the existing members, start the local etcd with
+  --initial-cluster-state=existing, MemberPromote retried every 0.5 s for a bounded time
+  (`promote_timeout` in the node file; kubeadm's is EtcdAPICallTimeout). When that runs out it
+  exits 1 with etcd's own error text and LEAVES the learner and its etcd running, as kubeadm does.
+  A worker (no controlPlane section) only registers the Node.
+- `kubeadm reset -f`: remove this node's etcd member through the cluster if it can (a warning if
+  not), stop etcd and the listener (the Node object stays, as with kubeadm), delete /var/lib/etcd/*,
+  /etc/kubernetes/manifests/* and the kubeconfig files. Deviation: /etc/kubernetes/pki is kept,
+  because the harness provisions it (real kubeadm downloads it with the certificate key).
+- `kubeadm token create`, `kubeadm init phase upload-certs --upload-certs`: print a token / a
+  certificate key and store them (in etcd, under /registry/secrets/ as the API server would).
+- `kubectl [--kubeconfig F] get nodes [NAME] [-o json]`, `kubectl delete node NAME
+  [--ignore-not-found]`: the registered Nodes (stored in etcd under /registry/minions/ as the API
+  server does); Ready until the node is reset.
+
+The node's identity (name, address, binaries, CP addresses, timeouts) comes from a JSON file the
+harness writes; the wrapper scripts on the node's PATH pass it with --node-config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KUBE = Path("/etc/kubernetes")
+PKI = KUBE / "pki"
+MANIFESTS = KUBE / "manifests"
+ETCD_DATA = Path("/var/lib/etcd")
+KUBECONFIGS = ("admin.conf", "super-admin.conf", "kubelet.conf", "controller-manager.conf",
+               "scheduler.conf", "bootstrap-kubelet.conf")
+TOKEN = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
+CERT_KEY = re.compile(r"^[a-f0-9]{64}$")
+API = "kubeadm.k8s.io/v1beta4"
+
+
+class Fail(Exception):
+    """kubeadm's 'error execution phase ...': printed on stderr, exit 1."""
+
+
+@dataclass(frozen=True)
+class NodeConf:
+    name: str
+    address: str
+    etcd: str
+    etcdctl: str
+    python: str
+    control_planes: dict[str, str]
+    run_dir: Path
+    promote_timeout: float
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConf:
+        raw = json.loads(path.read_text())
+        raw["run_dir"] = Path(raw["run_dir"])
+        return cls(**raw)
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.address}:2380"
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.address}:2379"
+
+    def cluster_endpoints(self) -> list[str]:
+        return [f"https://{a}:2379" for a in self.control_planes.values()]
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- etcdctl -------------------------------------------------------------------------------------
+
+def etcdctl(node: NodeConf, endpoints: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        node.etcdctl, f"--endpoints={','.join(endpoints)}",
+        f"--cacert={PKI / 'etcd/ca.crt'}", f"--cert={PKI / 'apiserver-etcd-client.crt'}",
+        f"--key={PKI / 'apiserver-etcd-client.key'}", "--dial-timeout=2s", "--command-timeout=3s",
+        *args,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+
+
+def etcd_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """etcd's own error text, as the gRPC status kubeadm prints ('rpc error: ... desc = ...')."""
+    rpc = re.findall(r'"error":"(rpc error: [^"]*)"', proc.stderr)
+    if rpc:
+        return str(rpc[-1])
+    lines = [ln.removeprefix("Error: ") for ln in proc.stderr.splitlines()
+             if ln.startswith("Error:")]
+    return lines[-1] if lines else (proc.stderr.strip() or f"etcdctl exited {proc.returncode}")
+
+
+def members(node: NodeConf, endpoints: list[str]) -> list[dict[str, Any]]:
+    proc = etcdctl(node, endpoints, "member", "list", "-w", "json")
+    if proc.returncode != 0:
+        raise Fail(f"etcd member list via {','.join(endpoints)}: {etcd_error(proc)}")
+    found: list[dict[str, Any]] = json.loads(proc.stdout).get("members", [])
+    return found
+
+
+def put(node: NodeConf, endpoints: list[str], key: str, value: str) -> None:
+    proc = etcdctl(node, endpoints, "put", key, value)
+    if proc.returncode != 0:
+        raise Fail(f"writing {key}: {etcd_error(proc)}")
+
+
+def get(node: NodeConf, endpoints: list[str], key: str) -> str | None:
+    proc = etcdctl(node, endpoints, "get", key, "-w", "json")
+    if proc.returncode != 0:
+        raise Fail(f"reading {key}: {etcd_error(proc)}")
+    kvs = json.loads(proc.stdout).get("kvs", [])
+    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+
+# ---- processes (the kubelet's static pods, reduced to detached processes) ------------------------
+
+def pid_file(node: NodeConf, what: str) -> Path:
+    return node.run_dir / f"{what}.pid"
+
+
+def running(node: NodeConf, what: str) -> int | None:
+    try:
+        pid = int(pid_file(node, what).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    return pid if cmdline and state != "Z" else None
+
+
+def spawn(node: NodeConf, what: str, argv: list[str]) -> None:
+    node.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(node.run_dir / f"{what}.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+    pid_file(node, what).write_text(str(proc.pid))
+
+
+def stop(node: NodeConf, what: str) -> None:
+    pid = running(node, what)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while running(node, what) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running(node, what):
+        os.kill(pid, signal.SIGKILL)
+    pid_file(node, what).unlink(missing_ok=True)
+
+
+def etcd_argv(node: NodeConf, initial_cluster: str, state: str) -> list[str]:
+    """The flags kubeadm puts into the etcd static pod manifest."""
+    etcd_pki = PKI / "etcd"
+    return [
+        node.etcd, f"--name={node.name}", f"--data-dir={ETCD_DATA}",
+        f"--listen-client-urls=https://127.0.0.1:2379,{node.client_url}",
+        f"--advertise-client-urls={node.client_url}",
+        f"--listen-peer-urls={node.peer_url}", f"--initial-advertise-peer-urls={node.peer_url}",
+        f"--initial-cluster={initial_cluster}", f"--initial-cluster-state={state}",
+        f"--cert-file={etcd_pki / 'server.crt'}", f"--key-file={etcd_pki / 'server.key'}",
+        "--client-cert-auth=true", f"--trusted-ca-file={etcd_pki / 'ca.crt'}",
+        f"--peer-cert-file={etcd_pki / 'peer.crt'}", f"--peer-key-file={etcd_pki / 'peer.key'}",
+        "--peer-client-cert-auth=true", f"--peer-trusted-ca-file={etcd_pki / 'ca.crt'}",
+        "--snapshot-count=10000", "--listen-metrics-urls=http://127.0.0.1:2381",
+    ]
+
+
+def start_etcd(node: NodeConf, initial_cluster: str, state: str) -> None:
+    MANIFESTS.mkdir(parents=True, exist_ok=True)
+    ETCD_DATA.chmod(0o700)
+    argv = etcd_argv(node, initial_cluster, state)
+    (MANIFESTS / "etcd.json").write_text(json.dumps(argv))
+    say(f"[etcd] starting etcd ({state} cluster: {initial_cluster})")
+    spawn(node, "etcd", argv)
+
+
+def start_static_pods(node: NodeConf) -> None:
+    """(Re)start what the kubelet would run from /etc/kubernetes/manifests: etcd, the API server."""
+    manifest = MANIFESTS / "etcd.json"
+    if manifest.is_file() and not running(node, "etcd"):
+        spawn(node, "etcd", json.loads(manifest.read_text()))
+    if (MANIFESTS / "kube-apiserver").is_file() and not running(node, "apiserver"):
+        spawn(node, "apiserver", [node.python, __file__, "--node-config", str(node_config_path()),
+                                  "apiserver"])
+
+
+def start_apiserver(node: NodeConf) -> None:
+    MANIFESTS.mkdir(parents=True, exist_ok=True)
+    (MANIFESTS / "kube-apiserver").write_text("stand-in: TCP listener on :6443\n")
+    start_static_pods(node)
+    wait_for(lambda: tcp_open(node.address, 6443), 10, "the API server listener on :6443")
+
+
+def tcp_open(host: str, port: int, timeout: float = 2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise Fail(f"timed out after {seconds:.0f}s waiting for {what}")
+        time.sleep(0.3)
+
+
+def etcd_healthy(node: NodeConf) -> bool:
+    return etcdctl(node, [node.client_url], "endpoint", "health").returncode == 0
+
+
+def serve_apiserver(node: NodeConf) -> int:
+    """The API server's stand-in: accept TCP on <address>:6443, answer one line, close."""
+    srv = socket.create_server((node.address, 6443), reuse_port=True)
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(b"stand-in kube-apiserver\n")
+
+
+# ---- kubeadm -------------------------------------------------------------------------------------
+
+def kubeconfig(server: str, user: str) -> str:
+    return str(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {
+            "server": server, "certificate-authority": str(PKI / "ca.crt")}}],
+        "contexts": [{"name": f"{user}@kubernetes", "context": {"cluster": "kubernetes",
+                                                                 "user": user}}],
+        "current-context": f"{user}@kubernetes",
+        "users": [{"name": user, "user": {}}],
+    }))
+
+
+def register(node: NodeConf, endpoints: list[str], role: str) -> None:
+    labels = {"kubernetes.io/hostname": node.name}
+    if role == "control-plane":
+        labels["node-role.kubernetes.io/control-plane"] = ""
+    obj = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node.name, "labels": labels},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": node.address}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        },
+    }
+    put(node, endpoints, f"/registry/minions/{node.name}", json.dumps(obj))
+    say(f"[kubelet-start] node {node.name} registered")
+
+
+def mark_not_ready(node: NodeConf, endpoints: list[str]) -> None:
+    """The kubelet stops posting status: the node controller marks the Node NotReady (best effort;
+    the Node object itself stays until `kubectl delete node`)."""
+    try:
+        raw = get(node, endpoints, f"/registry/minions/{node.name}")
+        if raw:
+            obj = json.loads(raw)
+            obj["status"]["conditions"] = [{"type": "Ready", "status": "False",
+                                            "reason": "NodeStatusUnknown"}]
+            put(node, endpoints, f"/registry/minions/{node.name}", json.dumps(obj))
+    except (Fail, subprocess.TimeoutExpired) as e:
+        print(f"[reset] could not update Node {node.name}: {e}", file=sys.stderr)
+
+
+def preflight() -> None:
+    errors = []
+    if ETCD_DATA.is_dir() and any(ETCD_DATA.iterdir()):
+        errors.append(f"[ERROR DirAvailable--var-lib-etcd]: {ETCD_DATA} is not empty")
+    if (KUBE / "kubelet.conf").exists():
+        errors.append(f"[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: "
+                      f"{KUBE / 'kubelet.conf'} already exists")
+    if errors:
+        raise Fail("[preflight] Some fatal errors occurred:\n\t" + "\n\t".join(errors))
+
+
+def cmd_init(node: NodeConf, args: argparse.Namespace) -> int:
+    if args.config:
+        docs = [d for d in yaml.safe_load_all(Path(args.config).read_text()) if d]
+        init: dict[str, Any] = next(
+            (d for d in docs if d.get("kind") == "InitConfiguration"), {})
+        name = init.get("nodeRegistration", {}).get("name", node.name)
+        if name != node.name:
+            raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
+    preflight()
+    ETCD_DATA.mkdir(exist_ok=True)
+    start_etcd(node, f"{node.name}={node.peer_url}", "new")
+    wait_for(lambda: etcd_healthy(node), 30, "etcd to be healthy")
+    start_apiserver(node)
+    server = f"https://{node.address}:6443"
+    (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
+    (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
+    register(node, [node.client_url], "control-plane")
+    say("Your Kubernetes control-plane has initialized successfully!")
+    return 0
+
+
+def ca_hash() -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-pubkey", "-noout", "-in", str(PKI / "ca.crt")],
+        capture_output=True, check=True,
+    ).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=out,
+                         capture_output=True, check=True).stdout
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def load_join(path: str) -> dict[str, Any]:
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (OSError, yaml.YAMLError) as e:
+        raise Fail(f"unable to read config from {path!r}: {e}") from None
+    for d in docs:
+        if d.get("kind") == "JoinConfiguration":
+            if d.get("apiVersion") != API:
+                raise Fail(f"JoinConfiguration apiVersion {d.get('apiVersion')!r}: want {API}")
+            return dict(d)
+    raise Fail(f"no JoinConfiguration in {path}")
+
+
+def discovery(node: NodeConf, join: dict[str, Any]) -> tuple[str, list[str]]:
+    """Bootstrap-token discovery: returns the API endpoint host and the cluster's etcd endpoints."""
+    bt = join.get("discovery", {}).get("bootstrapToken", {})
+    token, endpoint = str(bt.get("token", "")), str(bt.get("apiServerEndpoint", ""))
+    if not TOKEN.match(token):
+        raise Fail(f'the bootstrap token "{token}" was not of the form "{TOKEN.pattern}"')
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise Fail(f"discovery.bootstrapToken.apiServerEndpoint {endpoint!r} is not host:port")
+    try:
+        wait_for(lambda: tcp_open(host, int(port)), 10, f"the API server at {endpoint}")
+    except Fail as e:
+        raise Fail(f"couldn't validate the identity of the API Server: {e}") from None
+    endpoints = [f"https://{host}:2379"]
+    if get(node, endpoints, f"/registry/secrets/kube-system/bootstrap-token-{token[:6]}") != token:
+        raise Fail(f'couldn\'t validate the identity of the API Server: token id "{token[:6]}" is'
+                   " invalid for this cluster or it has expired")
+    want = ca_hash()
+    if want not in bt.get("caCertHashes", []):
+        raise Fail(f"cluster CA found in cluster-info ConfigMap is not pinned: none of the public"
+                   f" keys {bt.get('caCertHashes')} match {want}")
+    return host, endpoints
+
+
+def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
+    join = load_join(args.config)
+    name = join.get("nodeRegistration", {}).get("name", node.name)
+    if name != node.name:
+        raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
+    preflight()
+    _host, endpoints = discovery(node, join)
+    cp = join.get("controlPlane")
+    if cp is None:
+        (KUBE / "kubelet.conf").write_text(kubeconfig(f"https://{_host}:6443",
+                                                      f"system:node:{node.name}"))
+        register(node, endpoints, "worker")
+        say("This node has joined the cluster.")
+        return 0
+    key = str(cp.get("certificateKey", ""))
+    if not CERT_KEY.match(key):
+        raise Fail("control-plane join needs a certificateKey of 64 hex characters")
+    if get(node, endpoints, "/registry/secrets/kube-system/kubeadm-certs") != key:
+        raise Fail("error downloading certs: the certificate key does not match the uploaded"
+                   " certificates (expired or from another cluster)")
+    advertise = cp.get("localAPIEndpoint", {}).get("advertiseAddress", node.address)
+    if advertise != node.address:
+        raise Fail(f"advertiseAddress {advertise} is not this node's address {node.address}")
+    join_etcd(node, endpoints)
+    start_apiserver(node)
+    server = f"https://{_host}:6443"
+    (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
+    (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
+    register(node, endpoints, "control-plane")
+    say("This node has joined the cluster and a new control plane instance was created.")
+    return 0
+
+
+def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
+    """kubeadm's control-plane-join/etcd phase in learner mode."""
+    current = members(node, endpoints)
+    voters = [m["clientURLs"][0] for m in current if m.get("name") and not m.get("isLearner")]
+    endpoints = voters or endpoints
+    say(f"[etcd] Adding etcd member {node.name} ({node.peer_url}) as learner")
+    deadline = time.monotonic() + 5
+    while True:
+        proc = etcdctl(node, endpoints, "member", "add", node.name,
+                       f"--peer-urls={node.peer_url}", "--learner", "-w", "json")
+        if proc.returncode == 0:
+            break
+        if time.monotonic() > deadline:
+            raise Fail("error execution phase control-plane-join/etcd: error adding etcd member"
+                       f" as learner: {etcd_error(proc)}")
+        time.sleep(0.5)
+    added = json.loads(proc.stdout)
+    learner_id = f"{added['member']['ID']:x}"
+    cluster = [f"{m['name']}={m['peerURLs'][0]}" for m in added["members"] if m.get("name")]
+    cluster.append(f"{node.name}={node.peer_url}")
+    ETCD_DATA.mkdir(exist_ok=True)
+    start_etcd(node, ",".join(cluster), "existing")
+    say(f"[etcd] Promoting the learner {learner_id} (up to {node.promote_timeout:.0f}s)")
+    deadline = time.monotonic() + node.promote_timeout
+    while True:
+        proc = etcdctl(node, endpoints, "member", "promote", learner_id)
+        if proc.returncode == 0:
+            break
+        say(f"[etcd] Promoting the learner {learner_id} failed: {etcd_error(proc)}")
+        if time.monotonic() > deadline:
+            raise Fail("error execution phase control-plane-join/etcd: error creating local etcd"
+                       f" static pod manifest file: {etcd_error(proc)}")
+        time.sleep(0.5)
+    say(f"[etcd] The learner was promoted to a voting member: {learner_id}")
+    wait_for(lambda: etcd_healthy(node), 30, "the local etcd member to be healthy")
+
+
+def cmd_reset(node: NodeConf, args: argparse.Namespace) -> int:
+    if not args.force:
+        raise Fail("reset without -f would ask for confirmation; the lab always passes -f")
+    say("[reset] Removing this node's etcd member (if any)")
+    others = [e for e in node.cluster_endpoints() if e != node.client_url] or [node.client_url]
+    # kubeadm retries the removal with backoff (etcd refuses it for a few seconds after a member
+    # became active: "unhealthy cluster"), then warns and goes on.
+    deadline = time.monotonic() + 12
+    while True:
+        try:
+            mine = [m for m in members(node, others)
+                    if m.get("name") == node.name or node.peer_url in m.get("peerURLs", [])]
+            for m in mine:
+                proc = etcdctl(node, others, "member", "remove", f"{m['ID']:x}")
+                if proc.returncode != 0:
+                    raise Fail(etcd_error(proc))
+                say(f"[reset] Removed etcd member {m['ID']:x}")
+            break
+        except (Fail, subprocess.TimeoutExpired) as e:
+            if time.monotonic() > deadline:
+                print(f"[reset] Failed to remove etcd member: {e}; please manually remove this"
+                      " etcd member using etcdctl", file=sys.stderr)
+                break
+            time.sleep(1)
+    mark_not_ready(node, others)
+    say("[reset] Stopping the kubelet and its static pods")
+    stop(node, "apiserver")
+    stop(node, "etcd")
+    for d in (ETCD_DATA, MANIFESTS):
+        if d.is_dir():
+            for child in d.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    for f in KUBECONFIGS:
+        (KUBE / f).unlink(missing_ok=True)
+    say(f"[reset] Deleted contents of {ETCD_DATA}, {MANIFESTS} and the kubeconfig files")
+    return 0
+
+
+def admin_endpoints(node: NodeConf) -> list[str]:
+    """The API server of this control plane talks to its local etcd member."""
+    if not (KUBE / "admin.conf").is_file():
+        raise Fail(f"failed to load admin kubeconfig: open {KUBE / 'admin.conf'}: no such file or"
+                   " directory")
+    return [node.client_url]
+
+
+def cmd_token(node: NodeConf, args: argparse.Namespace) -> int:
+    if args.action != "create":
+        raise Fail(f"the stand-in supports `token create` only, not {args.action!r}")
+    endpoints = admin_endpoints(node)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    token = "".join(secrets.choice(alphabet) for _ in range(6)) + "." + "".join(
+        secrets.choice(alphabet) for _ in range(16))
+    put(node, endpoints, f"/registry/secrets/kube-system/bootstrap-token-{token[:6]}", token)
+    print(token)
+    return 0
+
+
+def cmd_upload_certs(node: NodeConf, args: argparse.Namespace) -> int:
+    endpoints = admin_endpoints(node)
+    key = args.certificate_key or secrets.token_hex(32)
+    put(node, endpoints, "/registry/secrets/kube-system/kubeadm-certs", key)
+    say('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system"'
+        " Namespace")
+    say("[upload-certs] Using certificate key:")
+    say(key)
+    return 0
+
+
+# ---- kubectl -------------------------------------------------------------------------------------
+
+def kubectl(node: NodeConf, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kubectl")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG",
+                                                          str(Path.home() / ".kube/config")))
+    p.add_argument("verb", choices=["get", "delete"])
+    p.add_argument("resource", choices=["nodes", "node", "no"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", default="")
+    p.add_argument("--ignore-not-found", action="store_true")
+    args = p.parse_args(argv)
+    if not Path(args.kubeconfig).is_file():
+        print(f"error: stat {args.kubeconfig}: no such file or directory", file=sys.stderr)
+        return 1
+    if args.verb == "delete":
+        if not args.name:
+            print("error: resource name may not be empty", file=sys.stderr)
+            return 1
+        proc = etcdctl(node, [node.client_url], "del", f"/registry/minions/{args.name}")
+        if proc.returncode != 0:
+            print(f"error: {etcd_error(proc)}", file=sys.stderr)
+            return 1
+        if proc.stdout.strip() == "1":
+            print(f'node "{args.name}" deleted')
+        elif not args.ignore_not_found:
+            print(f'Error from server (NotFound): nodes "{args.name}" not found', file=sys.stderr)
+            return 1
+        return 0
+    proc = etcdctl(node, [node.client_url], "get", "/registry/minions/", "--prefix",
+                   "--print-value-only")
+    if proc.returncode != 0:
+        print("The connection to the server was refused - did you specify the right host or"
+              f" port? ({etcd_error(proc)})", file=sys.stderr)
+        return 1
+    items = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    if args.name:
+        items = [i for i in items if i["metadata"]["name"] == args.name]
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
+        return 0
+    print(f"{'NAME':<12}{'STATUS':<10}ROLES")
+    for it in items:
+        role = ("control-plane" if "node-role.kubernetes.io/control-plane"
+                in it["metadata"]["labels"] else "<none>")
+        ready = [c["status"] for c in it["status"]["conditions"] if c["type"] == "Ready"]
+        status = "Ready" if ready == ["True"] else "NotReady"
+        print(f"{it['metadata']['name']:<12}{status:<10}{role}")
+    return 0
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+
+_NODE_CONFIG: list[Path] = []
+
+
+def node_config_path() -> Path:
+    return _NODE_CONFIG[0]
+
+
+def kubeadm(node: NodeConf, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kubeadm")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    init = sub.add_parser("init")
+    init.add_argument("--config")
+    init.add_argument("--upload-certs", action="store_true")
+    init_sub = init.add_subparsers(dest="phase")
+    phase = init_sub.add_parser("phase")
+    phase.add_argument("which", choices=["upload-certs"])
+    phase.add_argument("--upload-certs", action="store_true", dest="phase_upload")
+    phase.add_argument("--certificate-key")
+    join = sub.add_parser("join")
+    join.add_argument("--config", required=True)
+    reset = sub.add_parser("reset")
+    reset.add_argument("-f", "--force", action="store_true")
+    token = sub.add_parser("token")
+    token.add_argument("action")
+    token.add_argument("--ttl")
+    sub.add_parser("start-static-pods", help="harness only: what the kubelet does after a restart")
+    args = p.parse_args(argv)
+    if args.cmd == "init":
+        return cmd_upload_certs(node, args) if args.phase else cmd_init(node, args)
+    if args.cmd == "start-static-pods":
+        start_static_pods(node)
+        return 0
+    handlers = {"join": cmd_join, "reset": cmd_reset, "token": cmd_token}
+    result: int = handlers[args.cmd](node, args)
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--node-config", type=Path, required=True)
+    p.add_argument("tool", choices=["kubeadm", "kubectl", "apiserver"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    _NODE_CONFIG.append(args.node_config)
+    node = NodeConf.load(args.node_config)
+    try:
+        if args.tool == "apiserver":
+            return serve_apiserver(node)
+        if args.tool == "kubectl":
+            return kubectl(node, args.rest)
+        return kubeadm(node, args.rest)
+    except Fail as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as e:
+        print(f"timed out: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The join's retry policy and error classification: pure, no network."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lab.config import Tuning
+from lab.ops.classify import classify
+from lab.ops.retry import Backoff
+
+
+def test_backoff_doubles_and_caps_without_jitter() -> None:
+    b = Backoff(sleep=20, max_sleep=120, attempts=8, max_total=2400, jitter=0)
+    assert [b.delay(k) for k in range(1, 7)] == [20, 40, 80, 120, 120, 120]
+
+
+def test_backoff_jitter_stays_within_bounds() -> None:
+    b = Backoff(sleep=10, max_sleep=60, attempts=8, max_total=2400, jitter=0.2)
+    rng = random.Random(7)
+    for k in range(1, 8):
+        base = min(10 * 2 ** (k - 1), 60)
+        for _ in range(50):
+            d = b.delay(k, rng)
+            assert base * 0.8 <= d <= min(base * 1.2, 60)
+
+
+def test_backoff_stops_at_attempts_or_total_budget() -> None:
+    b = Backoff(sleep=20, max_sleep=120, attempts=3, max_total=100, jitter=0)
+    assert b.next_delay(1, elapsed=0) == 20
+    assert b.next_delay(2, elapsed=10) == 40
+    assert b.next_delay(3, elapsed=10) is None  # attempts spent
+    assert b.next_delay(2, elapsed=70) is None  # 70 + 40 would pass the 100 s budget
+
+
+def test_backoff_from_the_seed_tuning() -> None:
+    b = Backoff.from_tuning(Tuning())
+    assert (b.sleep, b.max_sleep, b.attempts, b.max_total) == (20, 120, 8, 2400)
+
+
+@pytest.mark.parametrize(
+    ("text", "cause"),
+    [
+        (
+            "error execution phase control-plane-join/etcd: rpc error: code = FailedPrecondition"
+            " desc = etcdserver: can only promote a learner member which is in sync with leader",
+            "learner-not-in-sync",
+        ),
+        ("etcdserver: too many learner members in cluster", "too-many-learners"),
+        ("member remove: UNAVAILABLE: etcdserver: unhealthy cluster", "unhealthy-cluster"),
+        ("preflight: path blocked: cp2 -> cp1:2380 (timeout)", "path-blocked"),
+        (
+            "[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-"
+            "kubelet.conf]: /etc/kubernetes/kubelet.conf already exists",
+            "node-dirty",
+        ),
+        ("gate failed: leader: cp1: sees no leader", "no-leader"),
+        ("gate failed: applied: cp2: applied index 10 is 90 behind", "etcd-unstable"),
+        (
+            'Get "https://10.30.0.11:6443/...": dial tcp 10.30.0.11:6443: connect: connection'
+            " refused",
+            "connection-refused",
+        ),
+        ("context deadline exceeded", "timeout"),
+        ("cp2 (root@10.30.0.12:22): unreachable: no SSH answer within 5s", "ssh"),
+        ("error: couldn't validate the identity of the API Server", "credentials"),
+    ],
+)
+def test_classify_names_the_cause(text: str, cause: str) -> None:
+    assert classify(text)[0] == cause
+
+
+def test_classify_unknown_keeps_the_first_line() -> None:
+    assert classify("\n  something odd happened  \nmore") == ("unknown", "something odd happened")

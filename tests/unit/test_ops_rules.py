@@ -1,0 +1,309 @@
+"""The decisions of the operations, fed with recorded etcd snapshots: the gate's rules, which
+learners are stale, the quorum rule of leave, verify's checks and diagnose's recommendation."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from lab.etcd import Alarm, Member, Status
+from lab.ops.cleanup import stale_learners
+from lab.ops.common import Snapshot
+from lab.ops.diagnose import recommend
+from lab.ops.gate import check
+from lab.ops.leave import leave_refusal, quorum
+from lab.ops.node import TcpPath
+from lab.ops.verify import etcd_checks, node_checks
+from lab.topology import Node
+
+IDS = {"cp1": 0x11, "cp2": 0x12, "cp3": 0x13}
+NODES = {
+    n: Node(n, "control-plane", ipaddress.IPv4Address(f"10.30.0.{i}"), 2, 4096, 30)
+    for n, i in (("cp1", 11), ("cp2", 12), ("cp3", 13))
+}
+
+
+def member(name: str, learner: bool = False, started: bool = True) -> Member:
+    addr = NODES[name].address
+    return Member(
+        IDS[name],
+        name if started else "",
+        (f"https://{addr}:2380",),
+        (f"https://{addr}:2379",) if started else (),
+        learner,
+    )
+
+
+def status(
+    name: str,
+    *,
+    leader: str | None = "cp1",
+    term: int = 2,
+    applied: int = 100,
+    learner: bool = False,
+    errors: tuple[str, ...] = (),
+) -> Status:
+    return Status(
+        f"{NODES[name].address}:2379",
+        IDS[name],
+        IDS[leader] if leader else 0,
+        term,
+        applied,
+        applied,
+        20480,
+        learner,
+        "3.5.1",
+        errors,
+    )
+
+
+def snap(
+    members: list[Member],
+    statuses: dict[str, Status | str],
+    *,
+    alarms: list[Alarm] | None = None,
+    read_error: str | None = None,
+) -> Snapshot:
+    return Snapshot(members, {IDS[n]: s for n, s in statuses.items()}, alarms or [], read_error)
+
+
+def node_of(m: Member) -> Node | None:
+    return next(
+        (
+            n
+            for n in NODES.values()
+            if m.name == n.name or (not m.name and m.peer_host == str(n.address))
+        ),
+        None,
+    )
+
+
+def label(m: Member) -> str:
+    n = node_of(m)
+    return m.name or (f"{n.name} (not started)" if n else m.label)
+
+
+def healthy3() -> Snapshot:
+    return snap(
+        [member("cp1"), member("cp2"), member("cp3")],
+        {"cp1": status("cp1"), "cp2": status("cp2"), "cp3": status("cp3", applied=98)},
+    )
+
+
+# ------------------------------------------------------------------------------------ gate
+
+
+def rules(violations: list) -> set[tuple[str, str]]:  # type: ignore[type-arg]
+    return {(v.rule, v.member) for v in violations}
+
+
+def test_gate_passes_a_healthy_cluster() -> None:
+    assert check(healthy3(), 3, max_lag=50) == []
+
+
+def test_gate_wants_exactly_the_expected_voters() -> None:
+    assert rules(check(healthy3(), 2, max_lag=50)) == {("members", "cluster")}
+
+
+def test_gate_rejects_a_learner_and_an_unstarted_member() -> None:
+    s = snap(
+        [member("cp1"), member("cp2", learner=True, started=False)],
+        {"cp1": status("cp1"), "cp2": "status on 10.30.0.12:2379: UNAVAILABLE"},
+    )
+    found = rules(check(s, 1, max_lag=50))
+    assert ("members", s.members[1].label) in found
+    assert ("started", s.members[1].label) in found
+    assert ("status", s.members[1].label) in found
+
+
+def test_gate_rejects_disagreement_on_leader_and_term() -> None:
+    s = snap(
+        [member("cp1"), member("cp2"), member("cp3")],
+        {
+            "cp1": status("cp1", leader="cp1", term=3),
+            "cp2": status("cp2", leader="cp2", term=4),
+            "cp3": status("cp3", leader="cp1", term=3),
+        },
+    )
+    assert {r for r, _ in rules(check(s, 3, max_lag=50))} == {"leader", "term"}
+
+
+def test_gate_rejects_no_leader_lag_alarm_and_failed_read() -> None:
+    s = snap(
+        [member("cp1"), member("cp2"), member("cp3")],
+        {
+            "cp1": status("cp1", applied=500),
+            "cp2": status("cp2", leader=None),
+            "cp3": status("cp3", applied=100),
+        },
+        alarms=[Alarm(IDS["cp3"], "NOSPACE")],
+        read_error="context deadline exceeded",
+    )
+    found = rules(check(s, 3, max_lag=50))
+    assert {("leader", "cp2"), ("applied", "cp3"), ("alarm", "cp3"), ("read", "cluster")} <= found
+
+
+def test_gate_reports_a_failed_member_list() -> None:
+    s = Snapshot([], {}, [], "timed out", "member list on 10.30.0.11:2379: timed out")
+    assert rules(check(s, 1, max_lag=50)) == {("members", "cluster")}
+
+
+# ------------------------------------------------------------------------ stale learners
+
+
+def test_stale_learner_rules_never_touch_voters() -> None:
+    s = snap(
+        [member("cp1"), member("cp2"), member("cp3", learner=True)],
+        {"cp1": status("cp1"), "cp2": status("cp2"), "cp3": status("cp3", learner=True)},
+    )
+    assert stale_learners([s], node=None, node_of=node_of, max_lag=50) == []
+    own = stale_learners([s], node="cp3", node_of=node_of, max_lag=50)
+    assert [(x.member.id, "being (re)joined" in x.reason) for x in own] == [(IDS["cp3"], True)]
+    assert stale_learners([s], node="cp2", node_of=node_of, max_lag=50) == []
+
+
+def test_stale_learner_not_started_or_not_answering() -> None:
+    s = snap(
+        [member("cp1"), member("cp2", learner=True, started=False)],
+        {"cp1": status("cp1"), "cp2": "UNAVAILABLE"},
+    )
+    (x,) = stale_learners([s], node=None, node_of=node_of, max_lag=50)
+    assert "never started" in x.reason
+    s2 = snap(
+        [member("cp1"), member("cp2", learner=True)], {"cp1": status("cp1"), "cp2": "timed out"}
+    )
+    (y,) = stale_learners([s2], node=None, node_of=node_of, max_lag=50)
+    assert "does not answer" in y.reason
+
+
+def test_stale_learner_not_catching_up_between_two_looks() -> None:
+    def look(lead: int, mine: int) -> Snapshot:
+        return snap(
+            [member("cp1"), member("cp2", learner=True)],
+            {"cp1": status("cp1", applied=lead), "cp2": status("cp2", applied=mine, learner=True)},
+        )
+
+    stuck = stale_learners([look(1000, 10), look(1100, 10)], node=None, node_of=node_of, max_lag=50)
+    assert len(stuck) == 1 and "not catching up" in stuck[0].reason
+    moving = stale_learners(
+        [look(1000, 10), look(1100, 900)], node=None, node_of=node_of, max_lag=50
+    )
+    assert moving == []
+    once = stale_learners([look(1000, 10)], node=None, node_of=node_of, max_lag=50)
+    assert once == []  # one look is not "for a while"
+
+
+# ---------------------------------------------------------------------------------- leave
+
+
+def test_quorum() -> None:
+    assert [quorum(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
+
+
+def test_leave_allows_removing_one_of_three_healthy() -> None:
+    s = healthy3()
+    assert leave_refusal(s, s.members[2]) is None
+
+
+def test_leave_refuses_the_last_voter() -> None:
+    s = snap([member("cp1")], {"cp1": status("cp1")})
+    assert "last voting member" in (leave_refusal(s, s.members[0]) or "")
+
+
+def test_leave_refuses_to_break_quorum() -> None:
+    # cp3 is down: removing healthy cp2 leaves cp1 + dead cp3, 1 healthy of 2 < quorum 2.
+    s = snap(
+        [member("cp1"), member("cp2"), member("cp3")],
+        {"cp1": status("cp1"), "cp2": status("cp2"), "cp3": "timed out"},
+    )
+    assert "below the quorum" in (leave_refusal(s, s.members[1]) or "")
+    # removing the dead one is what restores safety
+    assert leave_refusal(s, s.members[2]) is None
+
+
+def test_leave_refuses_without_quorum_and_allows_learners() -> None:
+    s = snap(
+        [member("cp1"), member("cp2"), member("cp3", learner=True)],
+        {"cp1": status("cp1"), "cp2": "timed out", "cp3": status("cp3", learner=True)},
+    )
+    assert "no quorum" in (leave_refusal(s, s.members[0]) or "")
+    assert leave_refusal(s, s.members[2]) is None
+
+
+# --------------------------------------------------------------------------------- verify
+
+
+def test_verify_checks() -> None:
+    assert all(c.ok for c in etcd_checks(healthy3(), 3))
+    s = snap(
+        [member("cp1"), member("cp2", learner=True)], {"cp1": status("cp1"), "cp2": status("cp2")}
+    )
+    failed = {c.name for c in etcd_checks(s, 3) if not c.ok}
+    assert failed == {"no learner", "expected voters"}
+    (nodes,) = node_checks({"cp1": True, "cp2": False}, ["cp1", "cp2", "cp3"])
+    assert not nodes.ok and "missing: cp3" in nodes.detail and "not Ready: cp2" in nodes.detail
+
+
+# ------------------------------------------------------------------------------- diagnose
+
+
+def paths(
+    blocked: set[tuple[str, str, int]], refused: set[tuple[str, str, int]] = frozenset()
+) -> list[TcpPath]:  # type: ignore[assignment]
+    out = []
+    for src in NODES:
+        for dst in NODES:
+            if src == dst:
+                continue
+            for port in (2379, 2380, 6443):
+                key = (src, dst, port)
+                err = (
+                    "timeout" if key in blocked else "Connection refused" if key in refused else ""
+                )
+                out.append(TcpPath(src, dst, port, not err, err))
+    return out
+
+
+def test_recommend_names_the_blocked_peer_path_of_the_joiner_first() -> None:
+    s = snap([member("cp1")], {"cp1": status("cp1")})
+    cp2_down = {("cp2", "cp3", p) for p in (2379, 2380, 6443)} | {
+        ("cp3", "cp2", p) for p in (2379, 2380, 6443)
+    }
+    blocked = {
+        ("cp1", "cp2", 2380),
+        ("cp2", "cp1", 2380),
+        ("cp3", "cp2", 2380),
+        ("cp2", "cp3", 2380),
+    }
+    rec = recommend(paths(blocked, refused=cp2_down - blocked), s, [])
+    assert rec.cause.startswith("network: cp2 -> cp1:2380")
+    assert "cp1 -> cp2:2380" in rec.cause
+
+
+def test_recommend_ignores_refused_ports_of_nodes_not_joined() -> None:
+    s = snap([member("cp1")], {"cp1": status("cp1")})
+    refused = {
+        (a, b, p) for a in NODES for b in ("cp2", "cp3") for p in (2379, 2380, 6443) if a != b
+    }
+    assert recommend(paths(set(), refused), s, []).cause == "no problem found"
+
+
+def test_recommend_ssh_then_stale_learner() -> None:
+    s = snap(
+        [member("cp1"), member("cp2", learner=True, started=False)],
+        {"cp1": status("cp1"), "cp2": "UNAVAILABLE"},
+    )
+    ps = paths(set())
+    ssh_down = [TcpPath("cp3", d, 2380, False, "ssh: cp3: unreachable") for d in ("cp1", "cp2")]
+    assert recommend(ps + ssh_down, s, []).cause == "cp3 unreachable over SSH"
+    stale = stale_learners([s], node=None, node_of=node_of, max_lag=50, label=label)
+    assert recommend(ps, s, stale, label).cause == "stale learner cp2 (not started) blocks joins"
+
+
+def test_recommend_member_not_answering_and_alarm() -> None:
+    s = snap(
+        [member("cp1"), member("cp2")],
+        {"cp1": status("cp1"), "cp2": "UNAVAILABLE: connection refused"},
+    )
+    assert recommend(paths(set()), s, []).cause == "etcd on cp2 does not answer"
+    s2 = snap([member("cp1")], {"cp1": status("cp1")}, alarms=[Alarm(IDS["cp1"], "NOSPACE")])
+    assert recommend(paths(set()), s2, []).cause == "etcd alarm raised: NOSPACE"
