@@ -32,9 +32,11 @@ venv: $(VENV)/.installed
 # --- the lab -------------------------------------------------------------------------------
 up: venv
 	scripts/apt-ensure genisoimage
+	$(LAB) preflight --stack $(STACK)
 	scripts/pulumi up --yes --stack $(STACK)
 
 preview: venv
+	$(LAB) preflight --stack $(STACK)
 	scripts/pulumi preview --stack $(STACK)
 
 down: venv

@@ -55,6 +55,18 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_preflight(cfg: LabConfig, args: argparse.Namespace) -> int:
+    """Check this host before `pulumi up`: libvirt, KVM, the ISO tool."""
+    from lab.preflight import host_problems
+
+    problems = host_problems(cfg)
+    for p in problems:
+        print(f"lab: {p}", file=sys.stderr)
+    if not problems:
+        print("preflight: libvirt, KVM and genisoimage are ready")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
 Command = Callable[[LabConfig, argparse.Namespace], int]
 
 
@@ -208,6 +220,8 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="print the join order and its chain")
     plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
     plan.set_defaults(func=cmd_plan)
+    pre = sub.add_parser("preflight", parents=[common], help="check this host before pulumi up")
+    pre.set_defaults(func=cmd_preflight)
     _add_operations(sub, common)
     return p
 

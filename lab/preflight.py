@@ -1,0 +1,56 @@
+"""`lab preflight`: what this host needs before `pulumi up`, each problem with its fix.
+
+Pulumi would report the same problems, later and in the provider's words (`dial unix
+/var/run/libvirt/libvirt-sock: connect: no such file or directory`); this says what to do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from lab.config import LabConfig
+
+# Where libvirt listens for qemu:///system: the monolithic daemon, or the modular virtqemud.
+SYSTEM_SOCKETS = ("/var/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock")
+
+
+def libvirt_socket_problem(
+    uri: str, system_sockets: tuple[str, ...] = SYSTEM_SOCKETS
+) -> str | None:
+    """A local libvirt URI whose socket is missing; remote URIs are left to the provider."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("qemu", "qemu+unix") or parsed.hostname:
+        return None
+    given = parse_qs(parsed.query).get("socket")
+    if given:
+        candidates: tuple[str, ...] = (given[0],)
+    elif parsed.path == "/system":
+        candidates = system_sockets
+    else:
+        return None  # qemu:///session starts its own daemon
+    if any(Path(s).exists() for s in candidates):
+        return None
+    return (
+        f"libvirt is not running at {uri} (no socket at {' or '.join(candidates)}):"
+        " install libvirt-daemon-system and start it (systemctl enable --now libvirtd),"
+        " or set libvirt.uri in config/cluster.yaml"
+    )
+
+
+def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm")) -> list[str]:
+    problems = []
+    if (p := libvirt_socket_problem(cfg.libvirt.uri)) is not None:
+        problems.append(p)
+    if not kvm.exists():
+        problems.append(
+            f"KVM is not available ({kvm} is missing): enable virtualisation in the firmware"
+            " and load kvm_intel or kvm_amd"
+        )
+    if not (shutil.which("genisoimage") or shutil.which("mkisofs")):
+        problems.append(
+            "genisoimage (or mkisofs) is missing: the libvirt provider builds each cloud-init"
+            " disk with it on this host; apt install genisoimage (`make up` does)"
+        )
+    return problems
