@@ -18,6 +18,7 @@ from lab.render import kubeadm
 from lab.topology import Step, Topology, join_plan
 
 LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
+KUBECONFIG_COMMAND = "sudo cat /etc/kubernetes/admin.conf"  # on cp1, once cp1-init has run
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,26 @@ class LabInvocation:
 
     def command(self, *args: str) -> str:
         return shlex.join([LAB, *args, "--config", self.config_path, "--stack", self.stack])
+
+
+@dataclass(frozen=True)
+class StepCommands:
+    """What one step's resource runs: `create` (and `delete`, on destroy or a smaller count).
+    `on_first` means over SSH on the first control plane (remote.Command) as the login user;
+    otherwise a shell command on this host in the project directory (local.Command)."""
+
+    create: str
+    delete: str | None
+    on_first: bool
+
+
+def step_commands(step: Step, cfg: LabConfig, lab: LabInvocation) -> StepCommands:
+    """The commands the chain registers for `step`; needs no engine, so a test runs them as is."""
+    if step.kind == "init":
+        return StepCommands(kubeadm.init_script(cfg), None, on_first=True)
+    # A join's delete is `lab leave`: destroy or a smaller count removes the etcd member first.
+    delete = lab.command("leave", step.node) if step.kind == "join" and step.node else None
+    return StepCommands(lab.command(*step.lab_args), delete, on_first=False)
 
 
 def ssh_connection(
@@ -70,7 +91,7 @@ class JoinChain(pulumi.ComponentResource):
         self.kubeconfig = remote.Command(
             "kubeconfig",
             connection=cp1_connection,
-            create="sudo cat /etc/kubernetes/admin.conf",
+            create=KUBECONFIG_COMMAND,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[self.steps[f"{topo.first.name}-init"]],
@@ -89,24 +110,23 @@ class JoinChain(pulumi.ComponentResource):
         triggers: list[pulumi.Output[str]] | None,
     ) -> pulumi.Resource:
         opts = pulumi.ResourceOptions(parent=self, depends_on=after)
-        if step.kind == "init":
+        commands = step_commands(step, cfg, lab)
+        if commands.on_first:
             wait = f"{cfg.tuning.join_max_wait_seconds + 600}s"
             return remote.Command(
                 step.name,
                 connection=cp1_connection,
-                create=kubeadm.init_script(cfg),
+                create=commands.create,
                 logging=remote.Logging.STDOUT_AND_STDERR,
                 triggers=triggers,
                 opts=opts.merge(
                     pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=wait))
                 ),
             )
-        # A join's delete is `lab leave`: destroy or a smaller count removes the etcd member first.
-        delete = lab.command("leave", step.node) if step.kind == "join" and step.node else None
         return local.Command(
             step.name,
-            create=lab.command(*step.lab_args),
-            delete=delete,
+            create=commands.create,
+            delete=commands.delete,
             triggers=triggers,
             logging=local.Logging.STDOUT_AND_STDERR,
             opts=opts,

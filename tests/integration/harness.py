@@ -10,8 +10,12 @@ Each node also has a mount namespace of its own, held by a `sleep` process: the 
 are bind-mounted on /etc/kubernetes and /var/lib/etcd there, and everything of the node (sshd,
 the sessions it starts, etcd, the API server listener) runs inside it and the node's netns. sshd
 uses the host key `lab.keys.ensure_host_key` made (so `lab`'s pinned key matches) and authorizes
-`lab.keys.ensure_user_key`. Faults are iptables rules and tc qdiscs inside a node's namespace, so
-they vanish with it. `close()` kills every process of every namespace of the run and deletes them.
+`lab.keys.ensure_user_key`. The node's bin dir (the stand-ins: kubeadm, kubectl, cloud-init) is
+what /usr/bin is on a VM: first on the login's PATH and, through the node's own /etc/sudoers, on
+sudo's secure_path. With `user_data_files=True`, cp1 also gets /etc/kubernetes/lab/init.yaml, as
+its cloud-init user-data writes it on a VM (the chain's init script reads it).
+Faults are iptables rules and tc qdiscs inside a node's namespace, so they vanish with it.
+`close()` kills every process of every namespace of the run and deletes them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from typing import Any
 
 import yaml
 
+from lab.config import load_config
 from lab.keys import ensure_host_key, ensure_user_key
+from lab.render import kubeadm
+from lab.topology import build_topology
 
 from .pki import ClusterPKI
 
@@ -60,6 +67,7 @@ TUNING: dict[str, float] = {
     "gate_max_applied_lag": 50,
 }
 PROMOTE_TIMEOUT = 8.0  # the stand-in's bounded promote retries (kubeadm's EtcdAPICallTimeout)
+SUDO = shutil.which("sudo")
 
 
 def etcd_bin(name: str) -> Path:
@@ -171,8 +179,10 @@ class Node:
             d.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
         self.lab.pki.install(kube / "pki", self.name, self.address)
-        script = (f"mount --bind {kube} /etc/kubernetes && mount --bind {data} /var/lib/etcd"
-                  " && echo ready && exec sleep infinity")
+        script = f"mount --bind {kube} /etc/kubernetes && mount --bind {data} /var/lib/etcd"
+        if SUDO:
+            script += f" && mount --bind {self.write_sudoers(binp)} /etc/sudoers"
+        script += " && echo ready && exec sleep infinity"
         self.holder = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private",
              "sh", "-c", script],
@@ -189,7 +199,7 @@ class Node:
             "run_dir": str(run_dir), "promote_timeout": self.lab.promote_timeout,
         }
         (self.dir / "node.json").write_text(json.dumps(conf, indent=2))
-        for tool in ("kubeadm", "kubectl"):
+        for tool in ("kubeadm", "kubectl", "cloud-init"):
             wrapper = binp / tool
             wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN}"
                                f" --node-config {self.dir / 'node.json'} {tool} \"$@\"\n")
@@ -197,7 +207,25 @@ class Node:
         for tool in ("etcd", "etcdctl"):
             (binp / tool).unlink(missing_ok=True)
             (binp / tool).symlink_to(etcd_bin(tool))
+        if not SUDO:
+            # Stands in for sudo where this host has none: the login is root, so sudo would only
+            # run its arguments (the init script uses plain `sudo CMD ARGS`, no options).
+            (binp / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+            (binp / "sudo").chmod(0o755)
         self.start_sshd()
+
+    def write_sudoers(self, binp: Path) -> Path:
+        """The node's /etc/sudoers (bind-mounted in its mount namespace): real sudo, with the
+        node's bin dir first on secure_path, as a VM's sudo finds kubeadm in /usr/bin."""
+        sudoers = self.dir / "sudoers"
+        sudoers.write_text(
+            "Defaults env_reset\n"
+            f'Defaults secure_path="{binp}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin'
+            ':/sbin:/bin"\n'
+            "root ALL=(ALL:ALL) ALL\n"
+        )
+        sudoers.chmod(0o440)
+        return sudoers
 
     def start_sshd(self, host_key: Path | None = None) -> None:
         """sshd with the pinned host key (or `host_key`: a rebuilt machine with a new key)."""
@@ -335,7 +363,7 @@ class Lab:
 
     def __init__(self, tmp: Path, nodes: Sequence[str] = ("cp1", "cp2", "cp3"),
                  tuning: dict[str, float] | None = None, promote_timeout: float = PROMOTE_TIMEOUT,
-                 ) -> None:
+                 user_data_files: bool = False) -> None:
         problems = requirement_problems()
         if problems:
             raise RuntimeError("integration tier cannot run: " + "; ".join(problems))
@@ -345,6 +373,7 @@ class Lab:
         self.key_path = tmp / "ssh" / "id_ed25519"
         self.config_path = tmp / "cluster.yaml"
         self.promote_timeout = promote_timeout
+        self.user_data_files = user_data_files
         self.tuning = {**TUNING, **(tuning or {})}
         self.pki = ClusterPKI.create()
         self.user_pub = ""
@@ -421,13 +450,29 @@ class Lab:
             "network": {"name": "labit", "cidr": f"{SUBNET}.0/24"},
             "control_plane": {"count": 3, "cpus": 1, "memory_mib": 2048},
             "workers": {"count": len(workers), "cpus": 1, "memory_mib": 1024},
-            "kubernetes": {"control_plane_endpoint": {"mode": "cp1"}},
+            "kubernetes": {"cni": "none", "control_plane_endpoint": {"mode": "cp1"}},
             "ssh": {"user": "root", "private_key": str(self.key_path)},
             "state_dir": str(self.state_dir),
             "tuning": self.tuning,
         }
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        if self.user_data_files:
+            self.write_user_data_files()
         return self.config_path
+
+    def write_user_data_files(self) -> None:
+        """What the first control plane's cloud-init user-data writes (lab.render.cloudinit):
+        /etc/kubernetes/lab/init.yaml, mode 0600, from the same kubeadm.init_configuration."""
+        cfg = load_config(self.config_path)
+        topo = build_topology(cfg)
+        first = self.nodes.get(topo.first.name)
+        if first is None:
+            return
+        # the node's /etc/kubernetes is its kube dir, bind-mounted
+        path = first.dir / "kube" / Path(kubeadm.INIT_PATH).relative_to("/etc/kubernetes")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(kubeadm.init_configuration(cfg, topo.first, list(topo.nodes)))
+        path.chmod(0o600)
 
     # ---- running things -------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
-"""Stand-in `kubeadm` and `kubectl` for the integration test nodes (kubeadm cannot run here).
+"""Stand-in `kubeadm`, `kubectl` and `cloud-init` for the integration test nodes (kubeadm cannot
+run here, and no test node boots through cloud-init).
 
 It does to etcd exactly what kubeadm 1.29+ (learner mode, stacked etcd) does, with the real etcd
 3.5 binary and real etcdctl over TLS; everything else kubeadm does (kubelet, static pods,
 certificates, the API server) is reduced to what the lab can observe:
 
-- `kubeadm init [--config F]`: preflight (/var/lib/etcd empty, no kubelet.conf), start etcd as a new
-  single-member cluster named after the node, then a TCP listener on <address>:6443 for the API
-  server, write admin.conf + kubelet.conf, register the Node.
+- `kubeadm init [--config F] [--upload-certs]`: with a config, its InitConfiguration must name this
+  node and advertise its address; preflight (/var/lib/etcd empty, no kubelet.conf), start etcd as a
+  new single-member cluster named after the node, then a TCP listener on <address>:6443 for the API
+  server, write admin.conf + kubelet.conf, register the Node; --upload-certs then does what
+  `init phase upload-certs` does (below) and prints the certificate key, as kubeadm does.
 - `kubeadm join --config F`: parse the v1beta4 JoinConfiguration; check the bootstrap token (format,
   and that `kubeadm token create` made it), the CA hash against pki/ca.crt and that the API endpoint
   answers; for a control plane also the certificate key (that `upload-certs` made). Then, as
@@ -24,6 +27,10 @@ certificates, the API server) is reduced to what the lab can observe:
 - `kubectl [--kubeconfig F] get nodes [NAME] [-o json]`, `kubectl delete node NAME
   [--ignore-not-found]`: the registered Nodes (stored in etcd under /registry/minions/ as the API
   server does); Ready until the node is reset.
+- `cloud-init status [--wait]`: a test node is created fully provisioned (what its user-data
+  would write, e.g. cp1's init.yaml, the harness writes before anything connects), so this answers
+  what cloud-init answers on a VM whose first boot has finished: `status: done`, exit 0. (This
+  host's real cloud-init, if any, says "not run" there, and `--wait` would wait for ever.)
 
 The node's identity (name, address, binaries, CP addresses, timeouts) comes from a JSON file the
 harness writes; the wrapper scripts on the node's PATH pass it with --node-config.
@@ -308,12 +315,20 @@ def preflight() -> None:
 
 def cmd_init(node: NodeConf, args: argparse.Namespace) -> int:
     if args.config:
-        docs = [d for d in yaml.safe_load_all(Path(args.config).read_text()) if d]
+        try:
+            docs = [d for d in yaml.safe_load_all(Path(args.config).read_text()) if d]
+        except (OSError, yaml.YAMLError) as e:
+            raise Fail(f"unable to read config from {args.config!r}: {e}") from None
         init: dict[str, Any] = next(
             (d for d in docs if d.get("kind") == "InitConfiguration"), {})
+        if init and init.get("apiVersion") != API:
+            raise Fail(f"InitConfiguration apiVersion {init.get('apiVersion')!r}: want {API}")
         name = init.get("nodeRegistration", {}).get("name", node.name)
         if name != node.name:
             raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
+        advertise = init.get("localAPIEndpoint", {}).get("advertiseAddress", node.address)
+        if advertise != node.address:
+            raise Fail(f"advertiseAddress {advertise} is not this node's address {node.address}")
     preflight()
     ETCD_DATA.mkdir(exist_ok=True)
     start_etcd(node, f"{node.name}={node.peer_url}", "new")
@@ -323,6 +338,8 @@ def cmd_init(node: NodeConf, args: argparse.Namespace) -> int:
     (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, [node.client_url], "control-plane")
+    if args.upload_certs:
+        upload_certs(node, None)
     say("Your Kubernetes control-plane has initialized successfully!")
     return 0
 
@@ -506,14 +523,18 @@ def cmd_token(node: NodeConf, args: argparse.Namespace) -> int:
 
 
 def cmd_upload_certs(node: NodeConf, args: argparse.Namespace) -> int:
+    upload_certs(node, args.certificate_key)
+    return 0
+
+
+def upload_certs(node: NodeConf, certificate_key: str | None) -> None:
     endpoints = admin_endpoints(node)
-    key = args.certificate_key or secrets.token_hex(32)
+    key = certificate_key or secrets.token_hex(32)
     put(node, endpoints, "/registry/secrets/kube-system/kubeadm-certs", key)
     say('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system"'
         " Namespace")
     say("[upload-certs] Using certificate key:")
     say(key)
-    return 0
 
 
 # ---- kubectl -------------------------------------------------------------------------------------
@@ -567,6 +588,19 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
     return 0
 
 
+# ---- cloud-init ----------------------------------------------------------------------------------
+
+def cloud_init(argv: list[str]) -> int:
+    """`cloud-init status [--wait]` on a node that is up: its first boot is done (exit 0)."""
+    p = argparse.ArgumentParser(prog="cloud-init")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    status = sub.add_parser("status")
+    status.add_argument("--wait", action="store_true")
+    args = p.parse_args(argv)
+    print(("\n" if args.wait else "") + "status: done")
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------------
 
 _NODE_CONFIG: list[Path] = []
@@ -609,9 +643,11 @@ def kubeadm(node: NodeConf, argv: list[str]) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--node-config", type=Path, required=True)
-    p.add_argument("tool", choices=["kubeadm", "kubectl", "apiserver"])
+    p.add_argument("tool", choices=["kubeadm", "kubectl", "apiserver", "cloud-init"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
+    if args.tool == "cloud-init":
+        return cloud_init(args.rest)
     _NODE_CONFIG.append(args.node_config)
     node = NodeConf.load(args.node_config)
     try:

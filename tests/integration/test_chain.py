@@ -1,0 +1,106 @@
+"""The join chain's own commands, run as the chain runs them, on the integration harness.
+
+The program tier checks which command strings lab/infra/chain.py registers; the other tests here
+run `lab` commands they write themselves. This test closes the gap: it takes the plan of the
+harness config and, step by step in plan order, runs exactly what the chain registers
+(`lab.infra.chain.step_commands`, the function JoinChain builds its resources from):
+
+- cp1-init (a remote.Command): the init script, sent over SSH to cp1 as the config's login user,
+  as one command string that the login shell runs (what remote.Command's SSH session does);
+- every other step (a local.Command): its shell string, run with `sh -c` in the project directory
+  (where the provider runs, so `.venv/bin/lab` and `--stack dev`'s Pulumi.dev.yaml resolve), in
+  the harness's host namespace;
+- then what `pulumi destroy` runs: the joins' delete commands (`lab leave NODE`), in reverse.
+
+etcd, SSH, sudo and the network are real; kubeadm and cloud-init are the stand-ins of standin.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+
+from lab.config import load_config, stack_overrides
+from lab.infra.chain import KUBECONFIG_COMMAND, LabInvocation, step_commands
+from lab.topology import build_topology, join_plan
+
+from .harness import REPO, Lab
+
+STACK = "dev"  # Pulumi.dev.yaml: its only key is libvirt:uri, which no step uses
+NODES = ("cp1", "cp2", "cp3", "worker1")
+
+
+def on_first(lab: Lab, user: str, address: str, command: str,
+             ) -> subprocess.CompletedProcess[str]:
+    """remote.Command: `command` as the SSH session's command, run by the login's shell."""
+    return lab.host.exec([*lab.ssh_argv(), f"{user}@{address}", command], check=False,
+                         timeout=300)
+
+
+def on_host(lab: Lab, command: str) -> subprocess.CompletedProcess[str]:
+    """local.Command: `sh -c command` in the project directory, here in the lab host's netns."""
+    return subprocess.run(["ip", "netns", "exec", lab.host.ns, "sh", "-c", command],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ),
+                          timeout=300, check=False)
+
+
+def test_chain_runs_its_own_commands_then_destroy(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(nodes=NODES, user_data_files=True)  # cp1's init.yaml, as cloud-init writes it
+    cfg = load_config(lab.config_path)
+    assert cfg.kubernetes.cni == "none" and cfg.kubernetes.control_plane_endpoint.mode == "cp1"
+    assert set(stack_overrides(STACK, REPO)) <= {"libvirt_uri"}, "Pulumi.dev.yaml sets lab:* keys"
+    topo = build_topology(cfg)
+    first = topo.first
+    invocation = LabInvocation(str(lab.config_path), STACK)
+    plan = join_plan(topo)
+
+    def run(name: str, command: str, remote: bool) -> str:
+        start = time.monotonic()
+        if remote:
+            proc = on_first(lab, cfg.ssh.user, str(first.address), command)
+        else:
+            proc = on_host(lab, command)
+        took = time.monotonic() - start
+        where = f"ssh {cfg.ssh.user}@{first.name}" if remote else "sh -c"
+        print(f"== {name} ({where}, {took:.1f}s) -> exit {proc.returncode}\n{command}\n"
+              f"{proc.stdout}{proc.stderr}")
+        assert proc.returncode == 0, (
+            f"{name} exited {proc.returncode}:\n{command}\n{proc.stdout}{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+    ran = []
+    for step in plan:
+        commands = step_commands(step, cfg, invocation)
+        assert commands.on_first == (step.kind == "init")
+        out = run(step.name, commands.create, commands.on_first)
+        ran.append(step.name)
+        if step.kind == "init":
+            assert "--upload-certs" in commands.create and "Using certificate key" in out
+            kubeconfig = run("kubeconfig", KUBECONFIG_COMMAND, remote=True)
+            assert "kind: Config" in kubeconfig
+    assert ran == [s.name for s in plan] and ran[-1] == "verify" and plan[-1].kind == "verify"
+
+    assert lab.voters() == ["cp1", "cp2", "cp3"] and not lab.learners()
+    assert all(m.get("name") for m in lab.members())
+    nodes = json.loads(lab.ssh(first.name, "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+                                           " get nodes -o json").stdout)["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == sorted(NODES)
+
+    # cp1-init again (a re-run of `pulumi up` with a changed trigger): idempotent, etcd unchanged
+    ids = sorted(m["ID"] for m in lab.members())
+    init = step_commands(plan[0], cfg, invocation)
+    run(f"{plan[0].name} again", init.create, init.on_first)
+    assert sorted(m["ID"] for m in lab.members()) == ids
+
+    # `pulumi destroy`: the joins' delete commands, dependents first (workers, cp3, cp2)
+    deletes = [(s.name, d) for s in plan if (d := step_commands(s, cfg, invocation).delete)]
+    assert [name for name, _ in reversed(deletes)] == ["worker1-join", "cp3-join", "cp2-join"]
+    for name, delete in reversed(deletes):
+        run(f"{name} (delete)", delete, remote=False)
+    assert lab.voters() == ["cp1"] and not lab.learners()
+    nodes = json.loads(lab.ssh(first.name, "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+                                           " get nodes -o json").stdout)["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["cp1"]
