@@ -20,6 +20,7 @@ from lab.ops.diagnose import diagnose, render
 from lab.ops.gate import gate
 from lab.ops.node import (
     fetch_credentials,
+    install_kube_vip,
     kube_nodes,
     kubeadm_join,
     kubeadm_reset,
@@ -65,6 +66,12 @@ async def join(lab: Lab, name: str) -> None:
             await write_join_config(lab, node, creds)
             step("kubeadm join")
             await kubeadm_join(lab, node, timeout=left())
+            if (
+                node.is_control_plane
+                and lab.cfg.kubernetes.control_plane_endpoint.mode == "kube-vip"
+            ):
+                step("kube-vip static pod")
+                await install_kube_vip(lab, node)
             if node.is_control_plane:
                 step(f"gate on {voters + 1} voters")
                 await stable(lab, voters + 1, min(t.cp_stabilize_timeout_seconds, left()), name)

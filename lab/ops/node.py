@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from lab.ops.common import Lab, OpFailed
+from lab.render.cloudinit import KUBE_VIP_PATH, kube_vip_manifest
 from lab.render.kubeadm import JOIN_PATH, join_configuration
 from lab.ssh import SshError
 from lab.topology import Node
@@ -152,6 +153,13 @@ async def kubeadm_join(lab: Lab, node: Node, timeout: float) -> None:
     r = await lab.shell(node).run(f"kubeadm join --config {JOIN_PATH}", timeout=timeout)
     if not r.ok:
         raise OpFailed(f"kubeadm join failed (exit {r.exit_status}): {gist(r.output)}")
+
+
+async def install_kube_vip(lab: Lab, node: Node) -> None:
+    """kube-vip's static pod on a joined control plane. Only after the join: kubeadm join's
+    preflight refuses a non-empty /etc/kubernetes/manifests (DirAvailable), and reset wipes it."""
+    manifest = kube_vip_manifest(lab.cfg, node)
+    await lab.shell(node).write_file(KUBE_VIP_PATH, manifest.encode(), mode=0o600)
 
 
 def gist(output: str, most: int = 4) -> str:

@@ -3,7 +3,7 @@
 The node comes up with its static lab address, the lab user and key, a pinned SSH host key (so the
 first connection is already verified), the kernel settings kubeadm's preflight wants, containerd,
 and kubeadm/kubelet/kubectl of the chosen version. Control planes also get their kubeadm
-configuration and, in kube-vip mode, the kube-vip static pod.
+configuration (cp1) and, in kube-vip mode, cp1's kube-vip static pod.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from lab.topology import Node, Topology
 
 INTERFACE = "eth0"  # set by network-config from the MAC, so kube-vip can name it
 KUBE_VIP_IMAGE = "ghcr.io/kube-vip/kube-vip:v0.8.9"
+KUBE_VIP_PATH = "/etc/kubernetes/manifests/kube-vip.yaml"
 
 SYSCTLS = """\
 net.bridge.bridge-nf-call-iptables  = 1
@@ -94,22 +95,18 @@ def user_data(
         {"path": "/etc/modules-load.d/kubernetes.conf", "content": "overlay\nbr_netfilter\n"},
         {"path": "/etc/sysctl.d/99-kubernetes.conf", "content": SYSCTLS},
     ]
-    if node.is_control_plane:
+    # Only cp1 gets kube-vip from cloud-init: `kubeadm init` accepts an extra static pod, but
+    # `kubeadm join` refuses a non-empty manifests folder, so `lab join` adds it after the join.
+    if node == topo.first:
+        files.append(
+            {
+                "path": kubeadm.INIT_PATH,
+                "content": kubeadm.init_configuration(cfg, node, list(topo.nodes)),
+                "permissions": "0600",
+            }
+        )
         if cfg.kubernetes.control_plane_endpoint.mode == "kube-vip":
-            files.append(
-                {
-                    "path": "/etc/kubernetes/manifests/kube-vip.yaml",
-                    "content": kube_vip_manifest(cfg, node),
-                }
-            )
-        if node == topo.first:
-            files.append(
-                {
-                    "path": kubeadm.INIT_PATH,
-                    "content": kubeadm.init_configuration(cfg, node, list(topo.nodes)),
-                    "permissions": "0600",
-                }
-            )
+            files.append({"path": KUBE_VIP_PATH, "content": kube_vip_manifest(cfg, node)})
     doc: dict[str, Any] = {
         "hostname": node.name,
         "fqdn": f"{node.name}.{cfg.network.domain}",
