@@ -32,8 +32,13 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
             for n in topo.nodes
         ]
         plan = [
-            {"step": s.name, "kind": s.kind, "after": list(s.after), "node": s.node,
-             "command": ["lab", *s.lab_args] if s.lab_args else None}
+            {
+                "step": s.name,
+                "kind": s.kind,
+                "after": list(s.after),
+                "node": s.node,
+                "command": ["lab", *s.lab_args] if s.lab_args else None,
+            }
             for s in steps
         ]
         print(json.dumps({"nodes": nodes, "steps": plan}, indent=2))
@@ -149,7 +154,8 @@ def cmd_verify(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.verify import verify
 
     async def body(lab: Lab) -> int:
-        checks = await verify(lab)
+        wait = lab.cfg.tuning.cp_stabilize_timeout_seconds if args.wait else 0
+        checks = await verify(lab, wait)
         ok = all(c.ok for c in checks)
         if args.json:
             print(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=2))
@@ -186,8 +192,12 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     g = sub.add_parser("gate", parents=[common], help="wait until etcd is stable with N voters")
     g.add_argument("--voters", type=_positive(int), required=True, help="expected voting members")
-    g.add_argument("--timeout", type=_positive(float), default=None,
-                   help="seconds (default tuning.cp_stabilize_timeout_seconds)")
+    g.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=None,
+        help="seconds (default tuning.cp_stabilize_timeout_seconds)",
+    )
     g.set_defaults(func=cmd_gate)
     j = sub.add_parser("join", parents=[common], help="join a node, with cleanup, gate and retry")
     j.add_argument("node")
@@ -201,6 +211,11 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     d.set_defaults(func=cmd_diagnose)
     v = sub.add_parser("verify", parents=[common], help="every member started, voters, nodes Ready")
     v.add_argument("--json", action="store_true")
+    v.add_argument(
+        "--wait",
+        action="store_true",
+        help="poll until every check passes (up to tuning.cp_stabilize_timeout_seconds)",
+    )
     v.set_defaults(func=cmd_verify)
     lv = sub.add_parser("leave", parents=[common], help="remove a control plane, keeping quorum")
     lv.add_argument("node")

@@ -56,7 +56,7 @@ class Step:
             case "join":
                 return ("join", str(self.node))
             case "verify":
-                return ("verify",)
+                return ("verify", "--wait")  # nodes are NotReady until their CNI pod runs
         return ()
 
 

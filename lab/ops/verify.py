@@ -4,6 +4,8 @@ of voters, every endpoint healthy, and every node of the config Ready (kubectl o
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +69,7 @@ def node_checks(ready: dict[str, bool], expected: list[str]) -> list[Check]:
     return [Check("nodes Ready", not missing and not not_ready, detail)]
 
 
-async def verify(lab: Lab) -> list[Check]:
+async def checks_now(lab: Lab) -> list[Check]:
     try:
         snap = await lab.snapshot()
         checks = etcd_checks(snap, len(lab.topo.control_planes), lab.member_label)
@@ -78,6 +80,23 @@ async def verify(lab: Lab) -> list[Check]:
         checks += node_checks(ready, [n.name for n in lab.topo.nodes])
     except (OpFailed, SshError) as e:
         checks.append(Check("nodes Ready", False, str(e)))
+    return checks
+
+
+async def verify(lab: Lab, wait: float = 0) -> list[Check]:
+    """The checks once, or (wait > 0) polled until all pass or `wait` seconds are spent: right
+    after a join a node stays NotReady until its CNI pod runs, so the chain's verify waits."""
+    deadline = time.monotonic() + wait
+    failing: list[str] = []
+    while True:
+        checks = await checks_now(lab)
+        now_failing = [c.name for c in checks if not c.ok]
+        if not now_failing or time.monotonic() >= deadline:
+            break
+        if now_failing != failing:
+            lab.say(None, f"waiting (up to {wait:.0f}s) for: {', '.join(now_failing)}")
+            failing = now_failing
+        await asyncio.sleep(lab.cfg.tuning.gate_poll_interval_seconds)
     for c in checks:
         lab.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
     return checks

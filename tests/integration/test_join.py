@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+import yaml
 
 from . import harness
 from .harness import Lab
@@ -210,3 +211,27 @@ def test_9_join_through_loss_and_low_bandwidth(make_lab: Callable[..., Lab]) -> 
     ok(lab.lab("join", "cp2"))
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
     assert lab.get_from("cp2", "/it/bulk/199") == "x" * 512
+
+
+def test_10_verify_wait_polls_until_a_new_node_is_ready(make_lab: Callable[..., Lab]) -> None:
+    """The chain's last step is `lab verify --wait`: right after its join a real node is NotReady
+    until its CNI pod runs. One-shot verify fails on it; --wait passes once it turns Ready."""
+    lab = started(make_lab(nodes=("cp1", "worker1")))
+    cfg = yaml.safe_load(lab.write_config(cp_stabilize_timeout_seconds=120).read_text())
+    cfg["control_plane"]["count"] = 1  # this lab has one control plane
+    lab.config_path.write_text(yaml.safe_dump(cfg))
+    ok(lab.lab("join", "worker1"))
+    key = "/registry/minions/worker1"
+    ready = lab.etcdctl("get", key, "--print-value-only").stdout.strip()
+    node = json.loads(ready)
+    not_ready = {"type": "Ready", "status": "False", "reason": "NetworkNotReady"}
+    node["status"]["conditions"] = [not_ready]
+    lab.put(key, json.dumps(node))
+
+    once = lab.lab("verify")
+    assert once.returncode == 1 and "not Ready: worker1" in once.stdout, once.stdout + once.stderr
+    waiting = lab.lab_background("verify", "--wait")
+    waiting.wait_for_text("waiting (up to 120s) for: nodes Ready", timeout=60)
+    lab.put(key, ready)
+    assert waiting.wait(timeout=90) == 0, waiting.output
+    assert "ok   nodes Ready: 2 node(s) Ready" in waiting.output

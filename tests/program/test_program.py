@@ -82,7 +82,7 @@ def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -
     assert g.input("cp2-join", "create") == f".venv/bin/lab join cp2 {tail}"
     assert g.input("cp2-join", "delete") == f".venv/bin/lab leave cp2 {tail}"
     assert g.input("cp3-gate", "create") == f".venv/bin/lab gate --voters 3 {tail}"
-    assert g.input("verify", "create") == f".venv/bin/lab verify {tail}"
+    assert g.input("verify", "create") == f".venv/bin/lab verify --wait {tail}"
     assert g.input("verify", "delete") is None
     init = g.input("cp1-init", "create")
     assert "kubeadm init --config /etc/kubernetes/lab/init.yaml --upload-certs" in init
