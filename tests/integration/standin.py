@@ -10,7 +10,8 @@ certificates, the API server) is reduced to what the lab can observe:
   new single-member cluster named after the node, then a TCP listener on <address>:6443 for the API
   server, write admin.conf + kubelet.conf, register the Node; --upload-certs then does what
   `init phase upload-certs` does (below) and prints the certificate key, as kubeadm does.
-- `kubeadm join --config F`: parse the v1beta4 JoinConfiguration; check the bootstrap token (format,
+- `kubeadm join --config F`: preflight as kubeadm join (also: /etc/kubernetes/manifests empty);
+  parse the v1beta4 JoinConfiguration; check the bootstrap token (format,
   and that `kubeadm token create` made it), the CA hash against pki/ca.crt and that the API endpoint
   answers; for a control plane also the certificate key (that `upload-certs` made). Then, as
   kubeadm's etcd phase: MemberAddAsLearner through the existing members, start the local etcd with
@@ -302,8 +303,11 @@ def mark_not_ready(node: NodeConf, endpoints: list[str]) -> None:
         print(f"[reset] could not update Node {node.name}: {e}", file=sys.stderr)
 
 
-def preflight() -> None:
+def preflight(joining: bool = False) -> None:
     errors = []
+    if joining and MANIFESTS.is_dir() and any(MANIFESTS.iterdir()):
+        # kubeadm join (not init, which checks its own manifest files only) wants an empty folder.
+        errors.append(f"[ERROR DirAvailable--etc-kubernetes-manifests]: {MANIFESTS} is not empty")
     if ETCD_DATA.is_dir() and any(ETCD_DATA.iterdir()):
         errors.append(f"[ERROR DirAvailable--var-lib-etcd]: {ETCD_DATA} is not empty")
     if (KUBE / "kubelet.conf").exists():
@@ -396,7 +400,7 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     name = join.get("nodeRegistration", {}).get("name", node.name)
     if name != node.name:
         raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
-    preflight()
+    preflight(joining=True)
     _host, endpoints = discovery(node, join)
     cp = join.get("controlPlane")
     if cp is None:
