@@ -13,16 +13,24 @@ from pathlib import Path
 import asyncssh
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically, mode 0600 from its first byte, in a 0700 folder."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _ensure_pair(private: Path, comment: str) -> None:
     if private.is_file():
         return
-    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
-    tmp = private.with_suffix(".tmp")
-    tmp.write_bytes(key.export_private_key())
-    tmp.chmod(0o600)
+    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     private.with_name(private.name + ".pub").write_bytes(key.export_public_key())
-    os.replace(tmp, private)
+    write_private(private, key.export_private_key())
 
 
 def ensure_user_key(private: Path) -> str:

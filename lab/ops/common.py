@@ -5,7 +5,6 @@ progress lines with elapsed time, and one snapshot of etcd (members, per-endpoin
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import TextIO
 
 from lab.config import LabConfig
 from lab.etcd import Alarm, Etcd, EtcdError, Member, Status, TLSFiles, client_url, host_port
+from lab.keys import write_private
 from lab.ssh import NodeShell, SshError, shell_for
 from lab.topology import Node, Topology, build_topology
 
@@ -103,15 +103,8 @@ class Lab:
             except SshError as e:
                 errors.append(str(e))
                 continue
-            self.cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.cert_dir, 0o700)
             for name, data in blobs.items():
-                target = self.cert_dir / name
-                tmp = target.with_suffix(".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
+                write_private(self.cert_dir / name, data)
             self._fetched = True
             self.say(node.name, f"fetched etcd client certificates into {self.cert_dir}")
             return tls
