@@ -57,6 +57,7 @@ engine:
 # --- tests ---------------------------------------------------------------------------------
 lint: venv
 	$(VENV)/bin/ruff check lab tests benchmarks __main__.py
+	$(VENV)/bin/ruff format --check lab tests benchmarks __main__.py
 	$(VENV)/bin/mypy
 
 test: lint test-unit test-program test-integration test-engine

@@ -26,42 +26,58 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.harness import ADDRESSES, Lab, wait_until
+from tests.integration.harness import ADDRESSES, Harness, wait_until
 
 CPS = ("cp1", "cp2", "cp3")
 SEED = Path(__file__).with_name("seed_join.sh")
 PARTITION_SECONDS = 20.0
 # The project's retry knobs, scaled for a harness whose joins take seconds, not minutes.
-TUNING: dict[str, float] = {"cp_join_retry_attempts": 8, "cp_join_retry_sleep_seconds": 2,
-          "cp_join_retry_max_sleep_seconds": 10, "cp_join_retry_max_total_seconds": 600}
+TUNING: dict[str, float] = {
+    "cp_join_retry_attempts": 8,
+    "cp_join_retry_sleep_seconds": 2,
+    "cp_join_retry_max_sleep_seconds": 10,
+    "cp_join_retry_max_total_seconds": 600,
+}
 
 
-def three_voters(lab: Lab) -> bool:
+def three_voters(lab: Harness) -> bool:
     members = lab.members()
     return len(members) == 3 and all(m.get("name") and not m.get("isLearner") for m in members)
 
 
-def lab_chain(lab: Lab) -> None:
-    for args in (("gate", "--voters", "1"), ("join", "cp2"), ("gate", "--voters", "2"),
-                 ("join", "cp3"), ("gate", "--voters", "3")):
+def lab_chain(lab: Harness) -> None:
+    for args in (
+        ("gate", "--voters", "1"),
+        ("join", "cp2"),
+        ("gate", "--voters", "2"),
+        ("join", "cp3"),
+        ("gate", "--voters", "3"),
+    ):
         if lab.lab(*args, timeout=900).returncode != 0:
             raise RuntimeError(f"lab {' '.join(args)} failed")
 
 
-def seed_chain(lab: Lab) -> None:
+def seed_chain(lab: Harness) -> None:
     env = {**os.environ, "SSH": " ".join(lab.ssh_argv()), "CP1": ADDRESSES["cp1"]}
     for node in ("cp2", "cp3"):
-        proc = subprocess.run(["ip", "netns", "exec", lab.host.ns, "bash", str(SEED), node,
-                               ADDRESSES[node]], env=env, capture_output=True, text=True,
-                              timeout=900, check=False)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", lab.host.ns, "bash", str(SEED), node, ADDRESSES[node]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         print(proc.stdout[-2000:], proc.stderr[-2000:])
         if proc.returncode != 0:
             raise RuntimeError(f"seed join of {node} failed")
 
 
-def time_to_three_voters(chain: Callable[[Lab], None], partition: bool) -> float:
-    with tempfile.TemporaryDirectory(prefix="labbench") as tmp, \
-            Lab(Path(tmp), CPS, tuning=TUNING) as lab:
+def time_to_three_voters(chain: Callable[[Harness], None], partition: bool) -> float:
+    with (
+        tempfile.TemporaryDirectory(prefix="labbench") as tmp,
+        Harness(Path(tmp), CPS, tuning=TUNING) as lab,
+    ):
         lab.init("cp1")
         t0 = time.monotonic()
         lift = None
@@ -80,8 +96,10 @@ def time_to_three_voters(chain: Callable[[Lab], None], partition: bool) -> float
 
 def diagnose_times(runs: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="labbench") as tmp, \
-            Lab(Path(tmp), CPS, tuning=TUNING) as lab:
+    with (
+        tempfile.TemporaryDirectory(prefix="labbench") as tmp,
+        Harness(Path(tmp), CPS, tuning=TUNING) as lab,
+    ):
         lab.init("cp1")
         lab_chain(lab)
         for fault in ("healthy", "cp2 partitioned"):
@@ -94,33 +112,46 @@ def diagnose_times(runs: int) -> dict[str, list[float]]:
                 t0 = time.monotonic()
                 sequential_checks(lab)
                 out.setdefault(f"diagnose {fault}: one SSH call at a time", []).append(
-                    time.monotonic() - t0)
+                    time.monotonic() - t0
+                )
     return out
 
 
-def sequential_checks(lab: Lab) -> None:
-    """The seed's diagnose script: each check its own SSH call, one after the other."""
+def sequential_checks(lab: Harness) -> None:
+    """The troubleshooting guide's diagnose script: one SSH call per check, one at a time."""
     for src in CPS:
         for dst in CPS:
             if dst != src:
                 for port in (2379, 2380, 6443):
-                    lab.ssh(src, f"timeout 2 bash -c 'echo > /dev/tcp/{ADDRESSES[dst]}/{port}'"
-                                 " && echo OK || echo FAIL", check=False)
-    tls = ("--cacert=/etc/kubernetes/pki/etcd/ca.crt"
-           " --cert=/etc/kubernetes/pki/apiserver-etcd-client.crt"
-           " --key=/etc/kubernetes/pki/apiserver-etcd-client.key")
-    lab.ssh("cp1", f"etcdctl --endpoints=https://{ADDRESSES['cp1']}:2379 {tls} member list",
-            check=False)
+                    lab.ssh(
+                        src,
+                        f"timeout 2 bash -c 'echo > /dev/tcp/{ADDRESSES[dst]}/{port}'"
+                        " && echo OK || echo FAIL",
+                        check=False,
+                    )
+    tls = (
+        "--cacert=/etc/kubernetes/pki/etcd/ca.crt"
+        " --cert=/etc/kubernetes/pki/apiserver-etcd-client.crt"
+        " --key=/etc/kubernetes/pki/apiserver-etcd-client.key"
+    )
+    lab.ssh(
+        "cp1", f"etcdctl --endpoints=https://{ADDRESSES['cp1']}:2379 {tls} member list", check=False
+    )
     for node in CPS:
-        lab.ssh("cp1", f"etcdctl --endpoints=https://{ADDRESSES[node]}:2379 {tls}"
-                       " endpoint status -w table", check=False)
-    lab.ssh("cp1", f"etcdctl --endpoints=https://{ADDRESSES['cp1']}:2379 {tls} alarm list",
-            check=False)
+        lab.ssh(
+            "cp1",
+            f"etcdctl --endpoints=https://{ADDRESSES[node]}:2379 {tls} endpoint status -w table",
+            check=False,
+        )
+    lab.ssh(
+        "cp1", f"etcdctl --endpoints=https://{ADDRESSES['cp1']}:2379 {tls} alarm list", check=False
+    )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--only", choices=["join", "diagnose"])
     args = p.parse_args()

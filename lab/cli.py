@@ -17,7 +17,7 @@ from lab.config import DEFAULT_CONFIG, ConfigError, LabConfig, load_config, stac
 from lab.topology import build_topology, join_plan
 
 if TYPE_CHECKING:
-    from lab.ops.common import Lab
+    from lab.ops.common import Session
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,17 +80,17 @@ Command = Callable[[LabConfig, argparse.Namespace], int]
 
 
 def _operate(
-    cfg: LabConfig, body: Callable[[Lab], Awaitable[int]], *, json_out: bool = False
+    cfg: LabConfig, body: Callable[[Session], Awaitable[int]], *, json_out: bool = False
 ) -> int:
     """Run one operation: progress lines with elapsed time (on stderr with --json), and a failed
     condition, an unreachable node or an etcd error as exit 1 with one clear line."""
     from lab.etcd import EtcdError
-    from lab.ops.common import Lab, OpFailed, Progress
+    from lab.ops.common import OpFailed, Progress, Session
     from lab.ssh import SshError
 
     async def go() -> int:
-        async with Lab(cfg, Progress(sys.stderr if json_out else sys.stdout)) as lab:
-            return await body(lab)
+        async with Session(cfg, Progress(sys.stderr if json_out else sys.stdout)) as session:
+            return await body(session)
 
     try:
         return asyncio.run(go())
@@ -102,8 +102,8 @@ def _operate(
 def cmd_gate(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.gate import gate
 
-    async def body(lab: Lab) -> int:
-        result = await gate(lab, args.voters, args.timeout)
+    async def body(session: Session) -> int:
+        result = await gate(session, args.voters, args.timeout)
         if result.ok:
             return EXIT_OK
         print(f"gate failed after {result.elapsed:.1f}s ({result.polls} polls):", file=sys.stderr)
@@ -119,8 +119,8 @@ def cmd_join(cfg: LabConfig, args: argparse.Namespace) -> int:
 
     build_topology(cfg).node(args.node)  # an unknown node is a usage error (exit 2)
 
-    async def body(lab: Lab) -> int:
-        await join(lab, args.node)
+    async def body(session: Session) -> int:
+        await join(session, args.node)
         return EXIT_OK
 
     return _operate(cfg, body)
@@ -132,8 +132,8 @@ def cmd_cleanup(cfg: LabConfig, args: argparse.Namespace) -> int:
     if args.node:
         build_topology(cfg).node(args.node)
 
-    async def body(lab: Lab) -> int:
-        await cleanup_learners(lab, args.node, dry_run=args.dry_run)
+    async def body(session: Session) -> int:
+        await cleanup_learners(session, args.node, dry_run=args.dry_run)
         return EXIT_OK
 
     return _operate(cfg, body)
@@ -142,8 +142,8 @@ def cmd_cleanup(cfg: LabConfig, args: argparse.Namespace) -> int:
 def cmd_diagnose(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.diagnose import diagnose, render
 
-    async def body(lab: Lab) -> int:
-        report = await diagnose(lab)
+    async def body(session: Session) -> int:
+        report = await diagnose(session)
         print(json.dumps(report.to_dict(), indent=2) if args.json else render(report))
         return EXIT_OK
 
@@ -153,9 +153,9 @@ def cmd_diagnose(cfg: LabConfig, args: argparse.Namespace) -> int:
 def cmd_verify(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.verify import verify
 
-    async def body(lab: Lab) -> int:
-        wait = lab.cfg.tuning.cp_stabilize_timeout_seconds if args.wait else 0
-        checks = await verify(lab, wait)
+    async def body(session: Session) -> int:
+        wait = session.cfg.tuning.cp_stabilize_timeout_seconds if args.wait else 0
+        checks = await verify(session, wait)
         ok = all(c.ok for c in checks)
         if args.json:
             print(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=2))
@@ -172,8 +172,8 @@ def cmd_leave(cfg: LabConfig, args: argparse.Namespace) -> int:
 
     build_topology(cfg).node(args.node)
 
-    async def body(lab: Lab) -> int:
-        await leave(lab, args.node, force=args.force)
+    async def body(session: Session) -> int:
+        await leave(session, args.node, force=args.force)
         return EXIT_OK
 
     return _operate(cfg, body)

@@ -63,7 +63,7 @@ class Network(Strict):
 class Size(Strict):
     cpus: int = Field(2, ge=1, le=64)
     memory_mib: int = Field(2048, ge=1024, le=262144)
-    disk_gib: int = Field(20, ge=10, le=2048)
+    disk_gib: int = Field(30, ge=10, le=2048)
 
 
 class ControlPlane(Size):
@@ -151,7 +151,8 @@ class Libvirt(Strict):
 
 
 class Tuning(Strict):
-    """The seed's knobs, with the seed's new values as defaults, plus the gate's own."""
+    """How long to wait and how often to retry: the join's budget and backoff, and the gate's
+    rules. The join defaults are generous: a learner on a slow host needs minutes to catch up."""
 
     join_max_wait_seconds: int = Field(1200, ge=1)
     cp_join_retry_attempts: int = Field(8, ge=1, le=100)
@@ -236,7 +237,7 @@ class LabConfig(Strict):
 
     @property
     def addresses(self) -> dict[str, ipaddress.IPv4Address]:
-        """Static addresses as in the seed: cpN at .10+N, workerN at .20+N, or as given per node."""
+        """Static addresses: cpN at .10+N, workerN at .20+N, or as given per node."""
         base = self.network.cidr.network_address
         default = {n: base + 10 + i for i, n in enumerate(self.control_plane_names, 1)}
         default |= {n: base + 20 + i for i, n in enumerate(self.worker_names, 1)}

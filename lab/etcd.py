@@ -136,10 +136,6 @@ def client_url(address: object) -> str:
     return f"https://{address}:{CLIENT_PORT}"
 
 
-def peer_url(address: object) -> str:
-    return f"https://{address}:{PEER_PORT}"
-
-
 def describe(error: BaseException) -> str:
     """etcd's own words where there are some ('etcdserver: ...'), else the error's kind."""
     cause: BaseException | None = error

@@ -1,7 +1,7 @@
 """Nodes and the join plan: pure data derived from the config, shared by Pulumi and `lab`.
 
-The plan is the seed guide's manual procedure written down once: cp1 init, wait for a stable etcd,
-then one control plane at a time, each followed by a gate, then the workers together, then verify.
+The plan is the safe kubeadm HA procedure written down once: cp1 init, wait for a stable etcd, then
+one control plane at a time, each followed by a gate, then the workers together, then verify.
 `lab plan` prints it and `lab.infra` turns each step into one Pulumi resource.
 """
 

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.etcd import Member
-from lab.ops.common import Lab, Snapshot
-from lab.topology import Node
+from lab.ops.common import Session, Snapshot
 
 
 @dataclass(frozen=True)
@@ -31,19 +29,12 @@ def _lag(snap: Snapshot, m: Member) -> int | None:
     return lead.applied_index - s.applied_index
 
 
-def stale_learners(
-    snaps: list[Snapshot],
-    *,
-    node: str | None,
-    node_of: Callable[[Member], Node | None],
-    max_lag: int,
-    label: Callable[[Member], str] = lambda m: m.label,
-) -> list[Stale]:
+def stale_learners(snaps: list[Snapshot], *, node: str | None, max_lag: int) -> list[Stale]:
     """The stale learners of the last snapshot; earlier snapshots show (lack of) progress."""
     last = snaps[-1]
     out = []
     for m in last.learners:
-        owner = node_of(m)
+        owner = last.node_of(m)
         seen = [_lag(s, m) for s in snaps if any(x.id == m.id for x in s.learners)]
         lags = [g for g in seen if g is not None]
         if node is not None and owner is not None and owner.name == node:
@@ -61,41 +52,31 @@ def stale_learners(
             reason = f"not catching up: {lags[0]} -> {lags[-1]} entries behind the leader"
         else:
             continue
-        out.append(Stale(m, label(m), reason))
+        out.append(Stale(m, last.label(m), reason))
     return out
 
 
-async def find_stale(lab: Lab, node: str | None = None) -> list[Stale]:
-    snaps = [await lab.snapshot()]
-    lagging = [
-        m
-        for m in snaps[0].learners
-        if (_lag(snaps[0], m) or 0) > lab.cfg.tuning.gate_max_applied_lag
-    ]
-    if lagging:  # look again a little later: is it catching up?
-        await asyncio.sleep(max(lab.cfg.tuning.gate_poll_interval_seconds, 1.0))
-        snaps.append(await lab.snapshot())
-    return stale_learners(
-        snaps,
-        node=node,
-        node_of=lab.node_of,
-        max_lag=lab.cfg.tuning.gate_max_applied_lag,
-        label=lab.member_label,
-    )
+async def find_stale(session: Session, node: str | None = None) -> list[Stale]:
+    t = session.cfg.tuning
+    snaps = [await session.snapshot()]
+    if any((_lag(snaps[0], m) or 0) > t.gate_max_applied_lag for m in snaps[0].learners):
+        await asyncio.sleep(max(t.gate_poll_interval_seconds, 1.0))  # is it catching up?
+        snaps.append(await session.snapshot())
+    return stale_learners(snaps, node=node, max_lag=t.gate_max_applied_lag)
 
 
 async def cleanup_learners(
-    lab: Lab, node: str | None = None, *, dry_run: bool = False
+    session: Session, node: str | None = None, *, dry_run: bool = False
 ) -> list[Stale]:
     """Remove (or with dry_run only list) the stale learners; returns what was found."""
-    stale = await find_stale(lab, node)
+    stale = await find_stale(session, node)
     if not stale:
-        lab.say(node, "no stale learner")
-    etcd = await lab.etcd()
+        session.say(node, "no stale learner")
+    etcd = await session.etcd()
     for s in stale:
         if dry_run:
-            lab.say(node, f"would remove learner {s.label} ({s.member.hex_id}): {s.reason}")
+            session.say(node, f"would remove learner {s.label} ({s.member.hex_id}): {s.reason}")
             continue
         await etcd.remove_member(s.member.id)
-        lab.say(node, f"removed learner {s.label} ({s.member.hex_id}): {s.reason}")
+        session.say(node, f"removed learner {s.label} ({s.member.hex_id}): {s.reason}")
     return stale

@@ -1,5 +1,5 @@
-"""What every operation shares: the lab context (config, nodes, SSH shells, the etcd client),
-progress lines with elapsed time, and one snapshot of etcd (members, per-endpoint status, alarms).
+"""What every operation shares: the session (config, nodes, SSH shells, the etcd client),
+progress lines with elapsed time, and one snapshot of etcd that knows whose member is whose.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -33,26 +33,41 @@ class OpFailed(Exception):
 class Progress:
     """One line per step: `[ 12.3s] cp2: attempt 2/8: join`."""
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.t0 = time.monotonic()
         self.stream = stream
-        self.quiet = quiet
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def __call__(self, node: str | None, message: str) -> None:
-        if self.quiet:
-            return
         where = f"{node}: " if node else ""
         print(
             f"[{self.elapsed:5.1f}s] {where}{message}", file=self.stream or sys.stdout, flush=True
         )
 
 
+def owns(node: Node, member: Member) -> bool:
+    """A member is a node's by its name or, never started (so nameless), by its peer address."""
+    return member.name == node.name or (not member.name and member.peer_host == str(node.address))
+
+
+def endpoint_of(nodes: Sequence[Node], member: Member) -> str:
+    """Where to ask a member for its Status: its node's address, else a non-loopback client URL."""
+    node = next((n for n in nodes if owns(n, member)), None)
+    if node is not None:
+        return client_url(node.address)
+    for url in member.client_urls:
+        if "127.0.0.1" not in url and "localhost" not in url:
+            return url
+    return client_url(member.peer_host)
+
+
 @dataclass
-class Lab:
+class Session:
+    """One operation's access to the lab: its config and nodes, SSH shells, one etcd client."""
+
     cfg: LabConfig
     say: Progress
     etcd_timeout: float = 5.0
@@ -64,7 +79,7 @@ class Lab:
     def __post_init__(self) -> None:
         self.topo = build_topology(self.cfg)
 
-    async def __aenter__(self) -> Lab:
+    async def __aenter__(self) -> Session:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -117,28 +132,8 @@ class Lab:
             self._etcd = Etcd(endpoints, tls, timeout=self.etcd_timeout)
         return self._etcd
 
-    def node_of(self, member: Member) -> Node | None:
-        """The lab node a member belongs to: by name, or (not started yet) by its peer address."""
-        for n in self.topo.nodes:
-            if member.name == n.name or (not member.name and member.peer_host == str(n.address)):
-                return n
-        return None
-
-    def endpoint_of(self, member: Member) -> str:
-        node = self.node_of(member)
-        if node is not None:
-            return client_url(node.address)
-        for url in member.client_urls:
-            if "127.0.0.1" not in url and "localhost" not in url:
-                return url
-        return client_url(member.peer_host)
-
-    def member_label(self, member: Member) -> str:
-        node = self.node_of(member)
-        return member.name or (f"{node.name} (not started)" if node else member.label)
-
     async def snapshot(self) -> Snapshot:
-        snap = await take_snapshot(await self.etcd(), self.endpoint_of)
+        snap = await take_snapshot(await self.etcd(), self.topo.nodes)
         if snap.list_error and "TLS handshake" in snap.list_error and not self._fetched:
             # A rebuilt cluster has a new CA: the stored client certificates are stale.
             self.say(None, "etcd rejects the stored client certificates: fetching them again")
@@ -147,20 +142,21 @@ class Lab:
             if self._etcd is not None:
                 await self._etcd.close()
                 self._etcd = None
-            snap = await take_snapshot(await self.etcd(), self.endpoint_of)
+            snap = await take_snapshot(await self.etcd(), self.topo.nodes)
         return snap
 
 
 @dataclass
 class Snapshot:
-    """etcd as seen at one moment: what the gate, cleanup, diagnose, verify and leave decide on."""
+    """etcd as seen at one moment, and which lab node each member belongs to: what the gate,
+    cleanup, join, leave, diagnose and verify decide on."""
 
     members: list[Member]
     statuses: dict[int, Status | str]  # member id -> its endpoint's Status, or why it failed
     alarms: list[Alarm]
     read_error: str | None  # None when a linearizable read succeeded
     list_error: str | None = None  # the member list itself failed
-    at: float = field(default_factory=time.monotonic)
+    nodes: Sequence[Node] = ()  # the lab's nodes, to tell whose member is whose
 
     @property
     def voters(self) -> list[Member]:
@@ -169,6 +165,25 @@ class Snapshot:
     @property
     def learners(self) -> list[Member]:
         return [m for m in self.members if m.is_learner]
+
+    def node_of(self, member: Member) -> Node | None:
+        return next((n for n in self.nodes if owns(n, member)), None)
+
+    def members_of(self, node: Node) -> list[Member]:
+        """The node's members: normally none or one (etcd refuses a second on one peer URL)."""
+        return [m for m in self.members if owns(node, m)]
+
+    def is_voter(self, node: Node) -> bool:
+        return any(not m.is_learner for m in self.members_of(node))
+
+    @property
+    def voting_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if self.is_voter(n)]
+
+    def label(self, member: Member) -> str:
+        """The member's name; a member never started is named after its node, if it has one."""
+        node = self.node_of(member)
+        return member.name or (f"{node.name} (not started)" if node else member.label)
 
     def status(self, m: Member) -> Status | None:
         s = self.statuses.get(m.id)
@@ -186,8 +201,14 @@ class Snapshot:
                 return s
         return None
 
+    @property
+    def leader(self) -> Member | None:
+        lead = self.leader_status
+        return next((m for m in self.members if lead and m.id == lead.member_id), None)
 
-async def take_snapshot(etcd: Etcd, endpoint_of: Callable[[Member], str]) -> Snapshot:
+
+async def take_snapshot(etcd: Etcd, nodes: Sequence[Node]) -> Snapshot:
+    """Members, every member's Status (in parallel), alarms and a linearizable read."""
     list_error = None
     try:
         members = await etcd.members(linearizable=True)
@@ -196,9 +217,9 @@ async def take_snapshot(etcd: Etcd, endpoint_of: Callable[[Member], str]) -> Sna
         try:
             members = await etcd.members(linearizable=False)
         except EtcdError:
-            return Snapshot([], {}, [], str(e), list_error)
+            return Snapshot([], {}, [], str(e), list_error, nodes)
     members.sort(key=lambda m: (not m.name, m.name, m.peer_urls))
-    endpoints = [endpoint_of(m) for m in members]
+    endpoints = [endpoint_of(nodes, m) for m in members]
 
     async def read() -> str | None:
         try:
@@ -219,4 +240,4 @@ async def take_snapshot(etcd: Etcd, endpoint_of: Callable[[Member], str]) -> Sna
     by_id: dict[int, Status | str] = {}
     for m, endpoint in zip(members, endpoints, strict=True):
         by_id[m.id] = statuses[host_port(endpoint)]
-    return Snapshot(members, by_id, alarm_list, read_error or list_error, list_error)
+    return Snapshot(members, by_id, alarm_list, read_error or list_error, list_error, nodes)

@@ -1,18 +1,17 @@
-"""`lab diagnose`: what the seed's diagnose script shows, in seconds. Every control plane probes
-every other on 2379/2380/6443 (all nodes and paths at once), then the member list, an endpoint
-status table, stale learners, and a recommendation that names the most likely root cause.
+"""`lab diagnose`: why a join fails, in seconds. Every control plane probes every other on
+2379/2380/6443 (all nodes and paths at once), then the member list, an endpoint status table,
+stale learners, and a recommendation that names the most likely root cause.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lab.etcd import PEER_PORT, EtcdError, Member, Status
+from lab.etcd import PEER_PORT, EtcdError, Status
 from lab.ops.cleanup import Stale, stale_learners
-from lab.ops.common import Lab, OpFailed, Snapshot
+from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.node import TcpPath, probe
 
 PORTS = (2379, 2380, 6443)
@@ -33,19 +32,19 @@ class Report:
     snapshot: Snapshot
     stale: list[Stale]
     recommendation: Recommendation
-    label: Callable[[Member], str]
 
     def to_dict(self) -> dict[str, Any]:
         snap = self.snapshot
+        label = snap.label
         status = []
         for m in snap.members:
             s = snap.statuses.get(m.id)
-            row: dict[str, Any] = {"name": self.label(m), "id": m.hex_id}
+            row: dict[str, Any] = {"name": label(m), "id": m.hex_id}
             row |= s.to_dict() if isinstance(s, Status) else {"error": s or "no status"}
             status.append(row)
         return {
             "connectivity": [p.to_dict() for p in self.connectivity],
-            "members": [m.to_dict() | {"name": self.label(m)} for m in snap.members],
+            "members": [m.to_dict() | {"name": label(m)} for m in snap.members],
             "status": status,
             "alarms": [{"member_id": f"{a.member_id:x}", "alarm": a.alarm} for a in snap.alarms],
             "etcd_error": snap.read_error,
@@ -54,12 +53,7 @@ class Report:
         }
 
 
-def recommend(
-    paths: list[TcpPath],
-    snap: Snapshot,
-    stale: list[Stale],
-    label: Callable[[Member], str] = lambda m: m.label,
-) -> Recommendation:
+def recommend(paths: list[TcpPath], snap: Snapshot, stale: list[Stale]) -> Recommendation:
     """The most likely root cause, in the order a person would check it."""
     no_ssh = sorted({p.source for p in paths if p.error.startswith("ssh")})
     if no_ssh:
@@ -68,8 +62,8 @@ def recommend(
             f"{', '.join(no_ssh)} unreachable over SSH",
             f"{first}; start the VM or check its network, then run diagnose again",
         )
-    members = {label(m): m for m in snap.members}
-    voters = {label(m) for m in snap.voters}
+    members = {snap.label(m): m for m in snap.members}
+    voters = {snap.label(m) for m in snap.voters}
 
     def weight(p: TcpPath) -> tuple[int, str]:
         # A node outside the voters reaching for a voter (the joiner's path) is the likeliest cause.
@@ -117,7 +111,7 @@ def recommend(
             f"network: {', '.join(p.name for p in other)} blocked",
             "clients (2379) or the API server (6443) cannot be reached on that path",
         )
-    learners = [label(m) for m in snap.learners]
+    learners = [snap.label(m) for m in snap.learners]
     if learners:
         return Recommendation(
             f"learner {', '.join(learners)} still catching up",
@@ -129,9 +123,9 @@ def recommend(
     )
 
 
-async def diagnose(lab: Lab) -> Report:
-    cps = lab.topo.control_planes
-    lab.say(
+async def diagnose(session: Session) -> Report:
+    cps = session.topo.control_planes
+    session.say(
         None,
         f"probing {len(PORTS)} ports between {len(cps)} control planes, from every node at once",
     )
@@ -142,24 +136,17 @@ async def diagnose(lab: Lab) -> Report:
 
     async def etcd_snapshot() -> Snapshot:
         try:
-            return await lab.snapshot()
+            return await session.snapshot()
         except (OpFailed, EtcdError) as e:
-            return Snapshot([], {}, [], str(e), str(e))
+            return Snapshot([], {}, [], str(e), str(e), session.topo.nodes)
 
     snap, probes = await asyncio.gather(
-        etcd_snapshot(), asyncio.gather(*(probe(lab, src, targets[src.name]) for src in cps))
+        etcd_snapshot(), asyncio.gather(*(probe(session, src, targets[src.name]) for src in cps))
     )
     paths = [p for ps in probes for p in ps]
-    lab.say(None, f"etcd: {len(snap.voters)} voter(s), {len(snap.learners)} learner(s)")
-    stale = stale_learners(
-        [snap],
-        node=None,
-        node_of=lab.node_of,
-        max_lag=lab.cfg.tuning.gate_max_applied_lag,
-        label=lab.member_label,
-    )
-    rec = recommend(paths, snap, stale, lab.member_label)
-    return Report(paths, snap, stale, rec, lab.member_label)
+    session.say(None, f"etcd: {len(snap.voters)} voter(s), {len(snap.learners)} learner(s)")
+    stale = stale_learners([snap], node=None, max_lag=session.cfg.tuning.gate_max_applied_lag)
+    return Report(paths, snap, stale, recommend(paths, snap, stale))
 
 
 def _size(n: int) -> str:
@@ -197,7 +184,8 @@ def render(report: Report) -> str:
             )
             row += cell.ljust(14)
         lines.append(f"  {src:<8}{row}")
-    snap, label = report.snapshot, report.label
+    snap = report.snapshot
+    label = snap.label
     lines.append("")
     lines.append("members:")
     if snap.list_error and not snap.members:

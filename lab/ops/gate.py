@@ -1,17 +1,16 @@
-"""The gate ("Stable etcd" in DESIGN.md): wait until etcd has exactly N started voters, no learner,
-one leader and one term that every member agrees on, applied indexes close to the leader's, no
-alarm, and a linearizable read that succeeds: for K consecutive polls over a minimum window.
+"""The gate: wait until etcd is stable before (and after) a control plane joins. Stable means
+exactly N started voters and no learner, one leader and one raft term every member agrees on,
+applied indexes close to the leader's, no alarm, and a linearizable read that succeeds, for K
+consecutive polls over a minimum window: a promote fails unless the learner can catch up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab.etcd import Member
-from lab.ops.common import Lab, Snapshot
+from lab.ops.common import Session, Snapshot
 
 
 @dataclass(frozen=True)
@@ -24,13 +23,12 @@ class Violation:
         return f"{self.rule}: {self.member}: {self.detail}"
 
 
-def check(
-    snap: Snapshot, voters: int, max_lag: int, label: Callable[[Member], str] = lambda m: m.label
-) -> list[Violation]:
+def check(snap: Snapshot, voters: int, max_lag: int) -> list[Violation]:
     """Every rule of the gate that does not hold in this snapshot (empty: it is stable)."""
     if snap.list_error and not snap.members:
         return [Violation("members", "cluster", f"member list failed: {snap.list_error}")]
     out: list[Violation] = []
+    label = snap.label
     names = ", ".join(label(m) for m in snap.voters) or "none"
     if len(snap.voters) != voters:
         out.append(
@@ -101,31 +99,29 @@ class GateResult:
     elapsed: float
     polls: int
     violations: list[Violation]
-    snapshot: Snapshot | None
 
 
 async def gate(
-    lab: Lab, voters: int, timeout: float | None = None, *, who: str = "gate"
+    session: Session, voters: int, timeout: float | None = None, *, who: str = "gate"
 ) -> GateResult:
     """Poll until the snapshot is stable for K polls over the minimum window, or time out."""
-    t = lab.cfg.tuning
+    t, say = session.cfg.tuning, session.say
     timeout = t.cp_stabilize_timeout_seconds if timeout is None else timeout
-    lab.say(who, f"waiting for a stable etcd with {voters} voter(s) (up to {timeout:.0f}s)")
+    say(who, f"waiting for a stable etcd with {voters} voter(s) (up to {timeout:.0f}s)")
     t0 = time.monotonic()
     streak, streak_start, polls = 0, 0.0, 0
     last: list[Violation] = []
     shown: set[str] = set()
-    snap: Snapshot | None = None
     while True:
         polls += 1
         now = time.monotonic()
-        snap = await lab.snapshot()
-        last = check(snap, voters, t.gate_max_applied_lag, lab.member_label)
+        snap = await session.snapshot()
+        last = check(snap, voters, t.gate_max_applied_lag)
         if last:
             streak = 0
             rules = {str(v) for v in last}
             if rules != shown:
-                lab.say(who, "not stable: " + "; ".join(sorted(rules)))
+                say(who, "not stable: " + "; ".join(sorted(rules)))
                 shown = rules
         else:
             if streak == 0:
@@ -136,17 +132,14 @@ async def gate(
                 streak >= t.gate_consecutive_polls
                 and now - streak_start >= t.gate_min_window_seconds
             ):
-                lead = snap.leader_status
-                lead_name = next(
-                    (lab.member_label(m) for m in snap.members if lead and m.id == lead.member_id),
-                    "?",
-                )
-                lab.say(
+                lead, term = snap.leader, snap.leader_status
+                lead_name = snap.label(lead) if lead else "?"
+                say(
                     who,
                     f"stable: {voters} voter(s), no learner, leader {lead_name},"
-                    f" term {lead.raft_term if lead else '?'} ({streak} polls)",
+                    f" term {term.raft_term if term else '?'} ({streak} polls)",
                 )
-                return GateResult(True, time.monotonic() - t0, polls, [], snap)
+                return GateResult(True, time.monotonic() - t0, polls, [])
         if time.monotonic() - t0 + t.gate_poll_interval_seconds > timeout:
             if not last:
                 last = [
@@ -156,5 +149,5 @@ async def gate(
                         f"stable for {streak} poll(s) only; the timeout came first",
                     )
                 ]
-            return GateResult(False, time.monotonic() - t0, polls, last, snap)
+            return GateResult(False, time.monotonic() - t0, polls, last)
         await asyncio.sleep(t.gate_poll_interval_seconds)

@@ -1,21 +1,22 @@
-"""`lab join <node>`: join a node, retried ("Join with retry" in DESIGN.md).
+"""`lab join <node>`: join a node, retried until it holds or the budget is spent.
 
-A control plane, attempt k: preflight (SSH, cpN <-> voters on 2380, cpN -> API 6443), forget what
+One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API 6443), undo what
 an earlier attempt left (reset the node, remove its member, remove stale learners), gate on the
-current voters, fresh credentials from cp1, `kubeadm join`, gate on one more voter. A failure is
-classified, the node reset and its member removed, then we back off. A final failure leaves etcd as
-it was (no member for the node) and prints a diagnosis. A worker: API check, credentials, join.
+current voters, fresh credentials from cp1, `kubeadm join`, gate on one more voter. One worker
+attempt: preflight (API 6443), fresh credentials, `kubeadm join`. After a failed attempt the node
+is reset and its member removed, then we back off; a final failure leaves etcd as it was (no
+member for the node) and prints a diagnosis.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 
 from lab.etcd import PEER_PORT, EtcdError
 from lab.ops.classify import classify
 from lab.ops.cleanup import cleanup_learners
-from lab.ops.common import Lab, OpFailed
+from lab.ops.common import OpFailed, Session, owns
 from lab.ops.diagnose import diagnose, render
 from lab.ops.gate import gate
 from lab.ops.node import (
@@ -28,112 +29,130 @@ from lab.ops.node import (
     wait_until_reachable,
     write_join_config,
 )
-from lab.ops.retry import Backoff
+from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
 from lab.render.kubeadm import API_PORT
 from lab.ssh import SshError
 from lab.topology import Node
 
 
-async def join(lab: Lab, name: str) -> None:
-    node, t = lab.topo.node(name), lab.cfg.tuning
-    lab.say(name, f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
-    await wait_until_reachable(lab, node, t.join_max_wait_seconds)
-    if await already_joined(lab, node):
-        lab.say(name, "already joined and healthy: no-op")
+async def join(session: Session, name: str) -> None:
+    node, t = session.topo.node(name), session.cfg.tuning
+    session.say(name, f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
+    await wait_until_reachable(session, node, t.join_max_wait_seconds)
+    if await already_joined(session, node):
+        session.say(name, "already joined and healthy: no-op")
         return
-    policy, t0, attempt, cause = Backoff.from_tuning(t), time.monotonic(), 0, "unknown"
+    one_attempt = join_control_plane if node.is_control_plane else join_worker
 
-    def left() -> float:  # what remains of the total budget (at least 30 s for one step)
-        return max(t.cp_join_retry_max_total_seconds - (time.monotonic() - t0), 30)
+    async def undo(attempt: Attempt, error: Exception) -> None:
+        if isinstance(error, SshError) and error.kind in ("hostkey", "auth"):
+            raise OpFailed(str(error)) from None  # bad input: retrying cannot help
+        session.say(name, f"attempt {attempt.number} failed: {cause(error)}\n    {error}")
+        progress(session, node, attempt)("undo: kubeadm reset -f, remove its etcd member")
+        await forget(session, node)
 
-    def step(what: str) -> None:
-        lab.say(name, f"attempt {attempt}/{policy.attempts}: {what}")
-
-    while True:
-        attempt += 1
-        try:
-            step("preflight: SSH, peer port 2380 both ways, API endpoint 6443")
-            await preflight(lab, node)
-            if node.is_control_plane:
-                step("remove leftovers: kubeadm reset -f, its etcd member, stale learners")
-                await forget(lab, node)
-                await cleanup_learners(lab, name)
-                voters = len((await lab.snapshot()).voters)
-                step(f"gate on the {voters} current voter(s)")
-                await stable(lab, voters, min(t.cp_stabilize_timeout_seconds, left()), name)
-            step(f"fresh token, CA hash and certificate key from {lab.topo.first.name}")
-            creds = await fetch_credentials(lab, control_plane=node.is_control_plane)
-            await write_join_config(lab, node, creds)
-            step("kubeadm join")
-            await kubeadm_join(lab, node, timeout=left())
-            if (
-                node.is_control_plane
-                and lab.cfg.kubernetes.control_plane_endpoint.mode == "kube-vip"
-            ):
-                step("kube-vip static pod")
-                await install_kube_vip(lab, node)
-            if node.is_control_plane:
-                step(f"gate on {voters + 1} voters")
-                await stable(lab, voters + 1, min(t.cp_stabilize_timeout_seconds, left()), name)
-            lab.say(name, f"joined on attempt {attempt}")
-            return
-        except (OpFailed, SshError, EtcdError) as e:
-            if isinstance(e, SshError) and e.kind in ("hostkey", "auth"):
-                raise OpFailed(str(e)) from None  # bad input: retrying cannot help
-            cause = "{}: {}".format(*classify(str(e)))
-            lab.say(name, f"attempt {attempt} failed: {cause}\n    {e}")
-            step("undo: kubeadm reset -f, remove its etcd member")
-            await forget(lab, node)
-        delay = policy.next_delay(attempt, time.monotonic() - t0)
-        if delay is None:
-            break
-        lab.say(name, f"backing off {delay:.1f}s")
-        await asyncio.sleep(delay)
-    lab.say(name, f"giving up after {attempt} attempt(s); etcd is as before the join. Diagnosis:")
-    print(render(await diagnose(lab)), flush=True)
-    raise OpFailed(f"{name} did not join after {attempt} attempt(s); last failure: {cause}")
+    try:
+        done = await retry(
+            lambda attempt: one_attempt(session, node, attempt),
+            Backoff.from_tuning(t),
+            retry_on=(OpFailed, SshError, EtcdError),
+            undo=undo,
+            say=lambda line: session.say(name, line),
+        )
+    except RetriesExhausted as e:
+        session.say(
+            name, f"giving up after {e.attempts} attempt(s); etcd is as before the join. Diagnosis:"
+        )
+        print(render(await diagnose(session)), flush=True)
+        raise OpFailed(
+            f"{name} did not join after {e.attempts} attempt(s); last failure: {cause(e.last)}"
+        ) from None
+    session.say(name, f"joined on attempt {done.number}")
 
 
-async def stable(lab: Lab, voters: int, timeout: float, who: str) -> None:
-    result = await gate(lab, voters, timeout, who=who)
+async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> None:
+    step, t = progress(session, node, attempt), session.cfg.tuning
+    step("preflight: SSH, peer port 2380 both ways, API endpoint 6443")
+    await preflight(session, node)
+    step("remove leftovers: kubeadm reset -f, its etcd member, stale learners")
+    await forget(session, node)
+    await cleanup_learners(session, node.name)
+    voters = len((await session.snapshot()).voters)
+    step(f"gate on the {voters} current voter(s)")
+    await stable(session, voters, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name)
+    await kubeadm_join_fresh(session, node, attempt)
+    if session.cfg.kubernetes.control_plane_endpoint.mode == "kube-vip":
+        step("kube-vip static pod")
+        await install_kube_vip(session, node)
+    step(f"gate on {voters + 1} voters")
+    await stable(
+        session, voters + 1, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name
+    )
+
+
+async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:
+    progress(session, node, attempt)("preflight: SSH, API endpoint 6443")
+    await preflight(session, node)
+    await kubeadm_join_fresh(session, node, attempt)
+
+
+async def kubeadm_join_fresh(session: Session, node: Node, attempt: Attempt) -> None:
+    """`kubeadm join` with a token (and certificate key) fetched now: they expire."""
+    step = progress(session, node, attempt)
+    step(f"fresh token, CA hash and certificate key from {session.topo.first.name}")
+    creds = await fetch_credentials(session, control_plane=node.is_control_plane)
+    await write_join_config(session, node, creds)
+    step("kubeadm join")
+    await kubeadm_join(session, node, timeout=attempt.left())
+
+
+def progress(session: Session, node: Node, attempt: Attempt) -> Callable[[str], None]:
+    """Say one step of an attempt: `cp2: attempt 2/8: kubeadm join`."""
+    return lambda what: session.say(node.name, f"attempt {attempt.number}/{attempt.of}: {what}")
+
+
+def cause(error: Exception) -> str:
+    return "{}: {}".format(*classify(str(error)))
+
+
+async def stable(session: Session, voters: int, timeout: float, who: str) -> None:
+    result = await gate(session, voters, timeout, who=who)
     if not result.ok:
         raise OpFailed("gate failed: " + "; ".join(str(v) for v in result.violations))
 
 
-async def already_joined(lab: Lab, node: Node) -> bool:
+async def already_joined(session: Session, node: Node) -> bool:
     """A control plane that is a started, healthy voter; a worker that kubectl lists."""
     if not node.is_control_plane:
         try:
-            return node.name in await kube_nodes(lab)
+            return node.name in await kube_nodes(session)
         except (OpFailed, SshError):
             return False
     for _ in range(5):  # an election in progress makes a healthy voter look unhealthy briefly
-        snap = await lab.snapshot()
-        voters = [m for m in snap.members if lab.node_of(m) == node and not m.is_learner]
+        snap = await session.snapshot()
+        voters = [m for m in snap.members_of(node) if not m.is_learner]
         if not voters or all(snap.healthy(m) for m in voters):
             return bool(voters)
-        await asyncio.sleep(lab.cfg.tuning.gate_poll_interval_seconds)
+        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds)
     raise OpFailed(
         f"{node.name} is a voting member but not healthy; check it with"
         f" `lab diagnose`, or `lab leave {node.name}` and join again"
     )
 
 
-async def preflight(lab: Lab, node: Node) -> None:
+async def preflight(session: Session, node: Node) -> None:
     """cpN -> voters:2380 and cpN -> API:6443 must connect; voters -> cpN:2380 must not be
     filtered (nothing listens there yet, so 'refused' is fine and a timeout is a block)."""
-    api = (str(lab.cfg.endpoint_address), str(lab.cfg.endpoint_address), API_PORT)
+    endpoint = str(session.cfg.endpoint_address)
+    api = (endpoint, endpoint, API_PORT)
     if not node.is_control_plane:
-        paths = await probe(lab, node, [api])
+        paths = await probe(session, node, [api])
     else:
-        snap = await lab.snapshot()
-        voters = [
-            n
-            for n in lab.topo.control_planes
-            if any(lab.node_of(m) == n and not m.is_learner for m in snap.members)
-        ]
-        outbound = probe(lab, node, [api] + [(v.name, str(v.address), PEER_PORT) for v in voters])
-        inbound = [probe(lab, v, [(node.name, str(node.address), PEER_PORT)]) for v in voters]
+        voters = (await session.snapshot()).voting_nodes
+        outbound = probe(
+            session, node, [api] + [(v.name, str(v.address), PEER_PORT) for v in voters]
+        )
+        inbound = [probe(session, v, [(node.name, str(node.address), PEER_PORT)]) for v in voters]
         results = await asyncio.gather(outbound, *inbound)
         paths = [p for ps in results for p in ps]
     bad = [p for p in paths if (p.source == node.name and not p.ok) or p.blocked]
@@ -142,19 +161,17 @@ async def preflight(lab: Lab, node: Node) -> None:
         raise OpFailed(f"preflight: path blocked: {blocked}")
 
 
-async def forget(lab: Lab, node: Node) -> None:
+async def forget(session: Session, node: Node) -> None:
     """Undo a (partial) join: `kubeadm reset -f` on the node, then remove its etcd member if any."""
     try:
-        await kubeadm_reset(lab, node)
+        await kubeadm_reset(session, node)
     except (OpFailed, SshError) as e:
-        lab.say(node.name, f"warning: {e}")
+        session.say(node.name, f"warning: {e}")
     if not node.is_control_plane:
         return
-    etcd = await lab.etcd()
+    etcd = await session.etcd()
     for m in await etcd.members():
-        if lab.node_of(m) == node:
+        if owns(node, m):
             await etcd.remove_member(m.id)
-            lab.say(
-                node.name,
-                f"removed its etcd member {m.hex_id} ({'learner' if m.is_learner else 'voter'})",
-            )
+            kind = "learner" if m.is_learner else "voter"
+            session.say(node.name, f"removed its etcd member {m.hex_id} ({kind})")

@@ -6,7 +6,7 @@ etcd member first, then resets the node. A node that is not a member is a no-op 
 from __future__ import annotations
 
 from lab.etcd import Member
-from lab.ops.common import Lab, OpFailed, Snapshot
+from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.node import KUBECONFIG, kubeadm_reset
 from lab.ssh import SshError
 
@@ -15,9 +15,9 @@ def quorum(n: int) -> int:
     return n // 2 + 1
 
 
-def leave_refusal(snap: Snapshot, target: Member, label: str = "") -> str | None:
+def leave_refusal(snap: Snapshot, target: Member) -> str | None:
     """Why removing `target` would be unsafe, or None when it is safe."""
-    name = label or target.label
+    name = snap.label(target)
     if target.is_learner:
         return None  # a learner has no vote
     voters = snap.voters
@@ -39,44 +39,46 @@ def leave_refusal(snap: Snapshot, target: Member, label: str = "") -> str | None
     return None
 
 
-async def leave(lab: Lab, name: str, *, force: bool = False) -> None:
-    node = lab.topo.node(name)
+async def leave(session: Session, name: str, *, force: bool = False) -> None:
+    node = session.topo.node(name)
     try:
-        await lab.shell(node).connect()
+        await session.shell(node).connect()
         reachable = True
     except SshError as e:
         if e.kind in ("hostkey", "auth"):
             raise OpFailed(f"{e}; nothing changed") from None  # a wrong node or key: touch nothing
-        lab.say(name, f"warning: {e}; removing its etcd member anyway")
+        session.say(name, f"warning: {e}; removing its etcd member anyway")
         reachable = False
-    snap = await lab.snapshot()
-    mine = [m for m in snap.members if lab.node_of(m) == node]
+    snap = await session.snapshot()
+    mine = snap.members_of(node)
     if not mine:
-        lab.say(name, "not an etcd member: nothing to remove")
+        session.say(name, "not an etcd member: nothing to remove")
     for m in mine:
-        why = leave_refusal(snap, m, lab.member_label(m))
+        why = leave_refusal(snap, m)
         if why and not force:
             raise OpFailed(f"refusing to remove {name}: {why} (use --force to override)")
         if why:
-            lab.say(name, f"--force: removing anyway: {why}")
-        await (await lab.etcd()).remove_member(m.id)
-        lab.say(name, f"removed etcd member {m.hex_id} ({'learner' if m.is_learner else 'voter'})")
+            session.say(name, f"--force: removing anyway: {why}")
+        await (await session.etcd()).remove_member(m.id)
+        session.say(
+            name, f"removed etcd member {m.hex_id} ({'learner' if m.is_learner else 'voter'})"
+        )
     if not reachable:
-        lab.say(name, "left etcd; the node itself was not reset (unreachable)")
+        session.say(name, "left etcd; the node itself was not reset (unreachable)")
         return
-    lab.say(name, "kubeadm reset -f")
+    session.say(name, "kubeadm reset -f")
     try:
-        await kubeadm_reset(lab, node)
+        await kubeadm_reset(session, node)
     except (OpFailed, SshError) as e:
         if mine:
             raise
-        lab.say(name, f"warning: {e}")
-    if node != lab.topo.first:
-        r = await lab.shell(lab.topo.first).run(
+        session.say(name, f"warning: {e}")
+    if node != session.topo.first:
+        r = await session.shell(session.topo.first).run(
             f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
             timeout=60,
         )
         if not r.ok:
             first = (r.output.splitlines() or ["no output"])[0]
-            lab.say(name, f"warning: kubectl delete node {name} failed: {first}")
-    lab.say(name, "left the cluster")
+            session.say(name, f"warning: kubectl delete node {name} failed: {first}")
+    session.say(name, "left the cluster")

@@ -10,7 +10,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from lab.ops.common import Lab, OpFailed
+from lab.ops.common import OpFailed, Session
 from lab.render.cloudinit import KUBE_VIP_PATH, kube_vip_manifest
 from lab.render.kubeadm import JOIN_PATH, join_configuration
 from lab.ssh import SshError
@@ -59,36 +59,43 @@ class TcpPath:
         }
 
 
-async def probe(lab: Lab, source: Node, targets: list[tuple[str, str, int]]) -> list[TcpPath]:
+async def probe(
+    session: Session, source: Node, targets: list[tuple[str, str, int]]
+) -> list[TcpPath]:
     """TCP connect from `source` to each (name, address, port), all at once, in one SSH command."""
     if not targets:
         return []
     calls = "".join(f"probe {shlex.quote(a)} {p} &\n" for _, a, p in targets)
     try:
-        r = await lab.shell(source).run(
+        r = await session.shell(source).run(
             _PROBE + calls + "wait\n", sudo=False, timeout=PROBE_TIMEOUT + 10
         )
     except SshError as e:
         return [TcpPath(source.name, n, p, False, f"ssh: {e}") for n, _, p in targets]
+    return parse_probes(r.stdout, source.name, targets)
+
+
+def parse_probes(stdout: str, source: str, targets: list[tuple[str, str, int]]) -> list[TcpPath]:
+    """The probe script's lines ("<ip> <port> ok|timeout|<error>"), one TcpPath per target."""
     seen = {}
-    for line in r.stdout.splitlines():
+    for line in stdout.splitlines():
         parts = line.split(" ", 2)
-        if len(parts) == 3:
+        if len(parts) == 3 and parts[1].isdigit():
             seen[(parts[0], int(parts[1]))] = parts[2].strip()
     out = []
     for n, a, p in targets:
         res = seen.get((a, p), "no result")
-        out.append(TcpPath(source.name, n, p, res == "ok", "" if res == "ok" else res))
+        out.append(TcpPath(source, n, p, res == "ok", "" if res == "ok" else res))
     return out
 
 
-async def wait_until_reachable(lab: Lab, node: Node, max_wait: float) -> None:
+async def wait_until_reachable(session: Session, node: Node, max_wait: float) -> None:
     """SSH answers and cloud-init (on a real VM) is done, within max_wait seconds.
 
     A wrong host key or a refused user key is bad input: it fails at once, not after max_wait.
     """
     deadline = time.monotonic() + max_wait
-    sh = lab.shell(node)
+    sh = session.shell(node)
     while True:
         try:
             await sh.connect()
@@ -114,9 +121,9 @@ class Credentials:
     certificate_key: str | None
 
 
-async def fetch_credentials(lab: Lab, *, control_plane: bool) -> Credentials:
+async def fetch_credentials(session: Session, *, control_plane: bool) -> Credentials:
     """A fresh bootstrap token, the CA hash and (control plane) a certificate key, from cp1."""
-    sh = lab.shell(lab.topo.first)
+    sh = session.shell(session.topo.first)
     token = (await sh.run("kubeadm token create --ttl 1h", check=True, timeout=60)).stdout
     ca = await sh.run(
         "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt"
@@ -127,39 +134,48 @@ async def fetch_credentials(lab: Lab, *, control_plane: bool) -> Credentials:
     key = None
     if control_plane:
         r = await sh.run("kubeadm init phase upload-certs --upload-certs", check=True, timeout=120)
-        key = _last_line(r.stdout)
-    return Credentials(_last_line(token), "sha256:" + ca.stdout.split()[0], key)
+        key = last_line(r.stdout)
+    return Credentials(last_line(token), ca_cert_hash(ca.stdout), key)
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """What `kubeadm token create` and `upload-certs` print last: the token or the key."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise OpFailed("kubeadm printed nothing where a token or key was expected")
     return lines[-1]
 
 
-async def write_join_config(lab: Lab, node: Node, creds: Credentials) -> None:
+def ca_cert_hash(sha256sum_output: str) -> str:
+    """`sha256sum` of the CA's public key ("<hex>  -") as kubeadm's discovery hash."""
+    digest = (sha256sum_output.split() or [""])[0]
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise OpFailed(f"not a SHA-256 digest of the CA key: {sha256sum_output.strip()!r}")
+    return "sha256:" + digest
+
+
+async def write_join_config(session: Session, node: Node, creds: Credentials) -> None:
     text = join_configuration(
-        lab.cfg,
+        session.cfg,
         node,
         token=creds.token,
         ca_cert_hash=creds.ca_cert_hash,
         certificate_key=creds.certificate_key,
     )
-    await lab.shell(node).write_file(JOIN_PATH, text.encode(), mode=0o600)
+    await session.shell(node).write_file(JOIN_PATH, text.encode(), mode=0o600)
 
 
-async def kubeadm_join(lab: Lab, node: Node, timeout: float) -> None:
-    r = await lab.shell(node).run(f"kubeadm join --config {JOIN_PATH}", timeout=timeout)
+async def kubeadm_join(session: Session, node: Node, timeout: float) -> None:
+    r = await session.shell(node).run(f"kubeadm join --config {JOIN_PATH}", timeout=timeout)
     if not r.ok:
         raise OpFailed(f"kubeadm join failed (exit {r.exit_status}): {gist(r.output)}")
 
 
-async def install_kube_vip(lab: Lab, node: Node) -> None:
+async def install_kube_vip(session: Session, node: Node) -> None:
     """kube-vip's static pod on a joined control plane. Only after the join: kubeadm join's
     preflight refuses a non-empty /etc/kubernetes/manifests (DirAvailable), and reset wipes it."""
-    manifest = kube_vip_manifest(lab.cfg, node)
-    await lab.shell(node).write_file(KUBE_VIP_PATH, manifest.encode(), mode=0o600)
+    manifest = kube_vip_manifest(session.cfg, node)
+    await session.shell(node).write_file(KUBE_VIP_PATH, manifest.encode(), mode=0o600)
 
 
 def gist(output: str, most: int = 4) -> str:
@@ -169,19 +185,24 @@ def gist(output: str, most: int = 4) -> str:
     return "\n    ".join((errors or lines)[-most:]) or "no output"
 
 
-async def kubeadm_reset(lab: Lab, node: Node) -> None:
-    r = await lab.shell(node).run("kubeadm reset -f", timeout=180)
+async def kubeadm_reset(session: Session, node: Node) -> None:
+    r = await session.shell(node).run("kubeadm reset -f", timeout=180)
     if not r.ok:
         raise OpFailed(f"{node.name}: kubeadm reset -f failed (exit {r.exit_status}): {r.output}")
 
 
-async def kube_nodes(lab: Lab) -> dict[str, bool]:
+async def kube_nodes(session: Session) -> dict[str, bool]:
     """Node name -> Ready, from `kubectl get nodes -o json` on cp1."""
-    r = await lab.shell(lab.topo.first).run(
+    r = await session.shell(session.topo.first).run(
         f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json", timeout=60, check=True
     )
+    return ready_nodes(r.stdout)
+
+
+def ready_nodes(kubectl_json: str) -> dict[str, bool]:
+    """Node name -> its Ready condition is True, from `kubectl get nodes -o json`."""
     try:
-        items = json.loads(r.stdout).get("items", [])
+        items = json.loads(kubectl_json).get("items", [])
     except json.JSONDecodeError as e:
         raise OpFailed(f"kubectl get nodes did not print JSON: {e}") from None
     out = {}

@@ -1,5 +1,5 @@
-"""`lab verify`: the seed's verification. Every member started, no learner, the expected number
-of voters, every endpoint healthy, and every node of the config Ready (kubectl on cp1).
+"""`lab verify`: is the cluster done? Every member started, no learner, the expected number of
+voters, every endpoint healthy, and every node of the config Ready (kubectl on cp1).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.etcd import EtcdError
-from lab.ops.common import Lab, OpFailed, Snapshot
+from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.node import kube_nodes
 from lab.ssh import SshError
 
@@ -25,9 +25,10 @@ class Check:
         return {"check": self.name, "ok": self.ok, "detail": self.detail}
 
 
-def etcd_checks(snap: Snapshot, voters: int, label: Any = lambda m: m.label) -> list[Check]:
+def etcd_checks(snap: Snapshot, voters: int) -> list[Check]:
     if snap.list_error and not snap.members:
         return [Check("etcd members", False, f"member list failed: {snap.list_error}")]
+    label = snap.label
     names = ", ".join(label(m) for m in snap.voters) or "none"
     not_started = [label(m) for m in snap.members if not m.started]
     unhealthy = [label(m) for m in snap.members if m.started and not snap.healthy(m)]
@@ -69,34 +70,34 @@ def node_checks(ready: dict[str, bool], expected: list[str]) -> list[Check]:
     return [Check("nodes Ready", not missing and not not_ready, detail)]
 
 
-async def checks_now(lab: Lab) -> list[Check]:
+async def checks_now(session: Session) -> list[Check]:
     try:
-        snap = await lab.snapshot()
-        checks = etcd_checks(snap, len(lab.topo.control_planes), lab.member_label)
+        snap = await session.snapshot()
+        checks = etcd_checks(snap, len(session.topo.control_planes))
     except (OpFailed, EtcdError) as e:
         checks = [Check("etcd members", False, str(e))]
     try:
-        ready = await kube_nodes(lab)
-        checks += node_checks(ready, [n.name for n in lab.topo.nodes])
+        ready = await kube_nodes(session)
+        checks += node_checks(ready, [n.name for n in session.topo.nodes])
     except (OpFailed, SshError) as e:
         checks.append(Check("nodes Ready", False, str(e)))
     return checks
 
 
-async def verify(lab: Lab, wait: float = 0) -> list[Check]:
+async def verify(session: Session, wait: float = 0) -> list[Check]:
     """The checks once, or (wait > 0) polled until all pass or `wait` seconds are spent: right
     after a join a node stays NotReady until its CNI pod runs, so the chain's verify waits."""
     deadline = time.monotonic() + wait
     failing: list[str] = []
     while True:
-        checks = await checks_now(lab)
+        checks = await checks_now(session)
         now_failing = [c.name for c in checks if not c.ok]
         if not now_failing or time.monotonic() >= deadline:
             break
         if now_failing != failing:
-            lab.say(None, f"waiting (up to {wait:.0f}s) for: {', '.join(now_failing)}")
+            session.say(None, f"waiting (up to {wait:.0f}s) for: {', '.join(now_failing)}")
             failing = now_failing
-        await asyncio.sleep(lab.cfg.tuning.gate_poll_interval_seconds)
+        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds)
     for c in checks:
-        lab.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+        session.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
     return checks

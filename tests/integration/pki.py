@@ -70,9 +70,15 @@ class CA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -121,10 +127,14 @@ class ClusterPKI:
         for stem, issued in (
             ("etcd/server", self.etcd.issue(node, sans, server=True, client=True)),
             ("etcd/peer", self.etcd.issue(node, sans, server=True, client=True)),
-            ("etcd/healthcheck-client", self.etcd.issue("kube-etcd-healthcheck-client", [],
-                                                        server=False, client=True)),
-            ("apiserver-etcd-client", self.etcd.issue("kube-apiserver-etcd-client", [],
-                                                      server=False, client=True)),
+            (
+                "etcd/healthcheck-client",
+                self.etcd.issue("kube-etcd-healthcheck-client", [], server=False, client=True),
+            ),
+            (
+                "apiserver-etcd-client",
+                self.etcd.issue("kube-apiserver-etcd-client", [], server=False, client=True),
+            ),
         ):
             files[f"{stem}.crt"], files[f"{stem}.key"] = issued.cert, issued.key
         for rel, data in files.items():

@@ -62,8 +62,14 @@ KUBE = Path("/etc/kubernetes")
 PKI = KUBE / "pki"
 MANIFESTS = KUBE / "manifests"
 ETCD_DATA = Path("/var/lib/etcd")
-KUBECONFIGS = ("admin.conf", "super-admin.conf", "kubelet.conf", "controller-manager.conf",
-               "scheduler.conf", "bootstrap-kubelet.conf")
+KUBECONFIGS = (
+    "admin.conf",
+    "super-admin.conf",
+    "kubelet.conf",
+    "controller-manager.conf",
+    "scheduler.conf",
+    "bootstrap-kubelet.conf",
+)
 TOKEN = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 CERT_KEY = re.compile(r"^[a-f0-9]{64}$")
 API = "kubeadm.k8s.io/v1beta4"
@@ -108,11 +114,16 @@ def say(msg: str) -> None:
 
 # ---- etcdctl -------------------------------------------------------------------------------------
 
+
 def etcdctl(node: NodeConf, endpoints: list[str], *args: str) -> subprocess.CompletedProcess[str]:
     argv = [
-        node.etcdctl, f"--endpoints={','.join(endpoints)}",
-        f"--cacert={PKI / 'etcd/ca.crt'}", f"--cert={PKI / 'apiserver-etcd-client.crt'}",
-        f"--key={PKI / 'apiserver-etcd-client.key'}", "--dial-timeout=2s", "--command-timeout=3s",
+        node.etcdctl,
+        f"--endpoints={','.join(endpoints)}",
+        f"--cacert={PKI / 'etcd/ca.crt'}",
+        f"--cert={PKI / 'apiserver-etcd-client.crt'}",
+        f"--key={PKI / 'apiserver-etcd-client.key'}",
+        "--dial-timeout=2s",
+        "--command-timeout=3s",
         *args,
     ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
@@ -123,8 +134,9 @@ def etcd_error(proc: subprocess.CompletedProcess[str]) -> str:
     rpc = re.findall(r'"error":"(rpc error: [^"]*)"', proc.stderr)
     if rpc:
         return str(rpc[-1])
-    lines = [ln.removeprefix("Error: ") for ln in proc.stderr.splitlines()
-             if ln.startswith("Error:")]
+    lines = [
+        ln.removeprefix("Error: ") for ln in proc.stderr.splitlines() if ln.startswith("Error:")
+    ]
     return lines[-1] if lines else (proc.stderr.strip() or f"etcdctl exited {proc.returncode}")
 
 
@@ -152,6 +164,7 @@ def get(node: NodeConf, endpoints: list[str], key: str) -> str | None:
 
 # ---- processes (the kubelet's static pods, reduced to detached processes) ------------------------
 
+
 def pid_file(node: NodeConf, what: str) -> Path:
     return node.run_dir / f"{what}.pid"
 
@@ -169,8 +182,14 @@ def running(node: NodeConf, what: str) -> int | None:
 def spawn(node: NodeConf, what: str, argv: list[str]) -> None:
     node.run_dir.mkdir(parents=True, exist_ok=True)
     with open(node.run_dir / f"{what}.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
     pid_file(node, what).write_text(str(proc.pid))
 
 
@@ -191,16 +210,25 @@ def etcd_argv(node: NodeConf, initial_cluster: str, state: str) -> list[str]:
     """The flags kubeadm puts into the etcd static pod manifest."""
     etcd_pki = PKI / "etcd"
     return [
-        node.etcd, f"--name={node.name}", f"--data-dir={ETCD_DATA}",
+        node.etcd,
+        f"--name={node.name}",
+        f"--data-dir={ETCD_DATA}",
         f"--listen-client-urls=https://127.0.0.1:2379,{node.client_url}",
         f"--advertise-client-urls={node.client_url}",
-        f"--listen-peer-urls={node.peer_url}", f"--initial-advertise-peer-urls={node.peer_url}",
-        f"--initial-cluster={initial_cluster}", f"--initial-cluster-state={state}",
-        f"--cert-file={etcd_pki / 'server.crt'}", f"--key-file={etcd_pki / 'server.key'}",
-        "--client-cert-auth=true", f"--trusted-ca-file={etcd_pki / 'ca.crt'}",
-        f"--peer-cert-file={etcd_pki / 'peer.crt'}", f"--peer-key-file={etcd_pki / 'peer.key'}",
-        "--peer-client-cert-auth=true", f"--peer-trusted-ca-file={etcd_pki / 'ca.crt'}",
-        "--snapshot-count=10000", "--listen-metrics-urls=http://127.0.0.1:2381",
+        f"--listen-peer-urls={node.peer_url}",
+        f"--initial-advertise-peer-urls={node.peer_url}",
+        f"--initial-cluster={initial_cluster}",
+        f"--initial-cluster-state={state}",
+        f"--cert-file={etcd_pki / 'server.crt'}",
+        f"--key-file={etcd_pki / 'server.key'}",
+        "--client-cert-auth=true",
+        f"--trusted-ca-file={etcd_pki / 'ca.crt'}",
+        f"--peer-cert-file={etcd_pki / 'peer.crt'}",
+        f"--peer-key-file={etcd_pki / 'peer.key'}",
+        "--peer-client-cert-auth=true",
+        f"--peer-trusted-ca-file={etcd_pki / 'ca.crt'}",
+        "--snapshot-count=10000",
+        "--listen-metrics-urls=http://127.0.0.1:2381",
     ]
 
 
@@ -219,8 +247,11 @@ def start_static_pods(node: NodeConf) -> None:
     if manifest.is_file() and not running(node, "etcd"):
         spawn(node, "etcd", json.loads(manifest.read_text()))
     if (MANIFESTS / "kube-apiserver").is_file() and not running(node, "apiserver"):
-        spawn(node, "apiserver", [node.python, __file__, "--node-config", str(node_config_path()),
-                                  "apiserver"])
+        spawn(
+            node,
+            "apiserver",
+            [node.python, __file__, "--node-config", str(node_config_path()), "apiserver"],
+        )
 
 
 def start_apiserver(node: NodeConf) -> None:
@@ -261,16 +292,30 @@ def serve_apiserver(node: NodeConf) -> int:
 
 # ---- kubeadm -------------------------------------------------------------------------------------
 
+
 def kubeconfig(server: str, user: str) -> str:
-    return str(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "kubernetes", "cluster": {
-            "server": server, "certificate-authority": str(PKI / "ca.crt")}}],
-        "contexts": [{"name": f"{user}@kubernetes", "context": {"cluster": "kubernetes",
-                                                                 "user": user}}],
-        "current-context": f"{user}@kubernetes",
-        "users": [{"name": user, "user": {}}],
-    }))
+    return str(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "kubernetes",
+                        "cluster": {"server": server, "certificate-authority": str(PKI / "ca.crt")},
+                    }
+                ],
+                "contexts": [
+                    {
+                        "name": f"{user}@kubernetes",
+                        "context": {"cluster": "kubernetes", "user": user},
+                    }
+                ],
+                "current-context": f"{user}@kubernetes",
+                "users": [{"name": user, "user": {}}],
+            }
+        )
+    )
 
 
 def register(node: NodeConf, endpoints: list[str], role: str) -> None:
@@ -278,7 +323,8 @@ def register(node: NodeConf, endpoints: list[str], role: str) -> None:
     if role == "control-plane":
         labels["node-role.kubernetes.io/control-plane"] = ""
     obj = {
-        "apiVersion": "v1", "kind": "Node",
+        "apiVersion": "v1",
+        "kind": "Node",
         "metadata": {"name": node.name, "labels": labels},
         "status": {
             "addresses": [{"type": "InternalIP", "address": node.address}],
@@ -296,8 +342,9 @@ def mark_not_ready(node: NodeConf, endpoints: list[str]) -> None:
         raw = get(node, endpoints, f"/registry/minions/{node.name}")
         if raw:
             obj = json.loads(raw)
-            obj["status"]["conditions"] = [{"type": "Ready", "status": "False",
-                                            "reason": "NodeStatusUnknown"}]
+            obj["status"]["conditions"] = [
+                {"type": "Ready", "status": "False", "reason": "NodeStatusUnknown"}
+            ]
             put(node, endpoints, f"/registry/minions/{node.name}", json.dumps(obj))
     except (Fail, subprocess.TimeoutExpired) as e:
         print(f"[reset] could not update Node {node.name}: {e}", file=sys.stderr)
@@ -311,8 +358,10 @@ def preflight(joining: bool = False) -> None:
     if ETCD_DATA.is_dir() and any(ETCD_DATA.iterdir()):
         errors.append(f"[ERROR DirAvailable--var-lib-etcd]: {ETCD_DATA} is not empty")
     if (KUBE / "kubelet.conf").exists():
-        errors.append(f"[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: "
-                      f"{KUBE / 'kubelet.conf'} already exists")
+        errors.append(
+            f"[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: "
+            f"{KUBE / 'kubelet.conf'} already exists"
+        )
     if errors:
         raise Fail("[preflight] Some fatal errors occurred:\n\t" + "\n\t".join(errors))
 
@@ -323,8 +372,7 @@ def cmd_init(node: NodeConf, args: argparse.Namespace) -> int:
             docs = [d for d in yaml.safe_load_all(Path(args.config).read_text()) if d]
         except (OSError, yaml.YAMLError) as e:
             raise Fail(f"unable to read config from {args.config!r}: {e}") from None
-        init: dict[str, Any] = next(
-            (d for d in docs if d.get("kind") == "InitConfiguration"), {})
+        init: dict[str, Any] = next((d for d in docs if d.get("kind") == "InitConfiguration"), {})
         if init and init.get("apiVersion") != API:
             raise Fail(f"InitConfiguration apiVersion {init.get('apiVersion')!r}: want {API}")
         name = init.get("nodeRegistration", {}).get("name", node.name)
@@ -351,10 +399,12 @@ def cmd_init(node: NodeConf, args: argparse.Namespace) -> int:
 def ca_hash() -> str:
     out = subprocess.run(
         ["openssl", "x509", "-pubkey", "-noout", "-in", str(PKI / "ca.crt")],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
-    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=out,
-                         capture_output=True, check=True).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=out, capture_output=True, check=True
+    ).stdout
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
@@ -386,12 +436,16 @@ def discovery(node: NodeConf, join: dict[str, Any]) -> tuple[str, list[str]]:
         raise Fail(f"couldn't validate the identity of the API Server: {e}") from None
     endpoints = [f"https://{host}:2379"]
     if get(node, endpoints, f"/registry/secrets/kube-system/bootstrap-token-{token[:6]}") != token:
-        raise Fail(f'couldn\'t validate the identity of the API Server: token id "{token[:6]}" is'
-                   " invalid for this cluster or it has expired")
+        raise Fail(
+            f'couldn\'t validate the identity of the API Server: token id "{token[:6]}" is'
+            " invalid for this cluster or it has expired"
+        )
     want = ca_hash()
     if want not in bt.get("caCertHashes", []):
-        raise Fail(f"cluster CA found in cluster-info ConfigMap is not pinned: none of the public"
-                   f" keys {bt.get('caCertHashes')} match {want}")
+        raise Fail(
+            f"cluster CA found in cluster-info ConfigMap is not pinned: none of the public"
+            f" keys {bt.get('caCertHashes')} match {want}"
+        )
     return host, endpoints
 
 
@@ -404,8 +458,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     _host, endpoints = discovery(node, join)
     cp = join.get("controlPlane")
     if cp is None:
-        (KUBE / "kubelet.conf").write_text(kubeconfig(f"https://{_host}:6443",
-                                                      f"system:node:{node.name}"))
+        (KUBE / "kubelet.conf").write_text(
+            kubeconfig(f"https://{_host}:6443", f"system:node:{node.name}")
+        )
         register(node, endpoints, "worker")
         say("This node has joined the cluster.")
         return 0
@@ -413,8 +468,10 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     if not CERT_KEY.match(key):
         raise Fail("control-plane join needs a certificateKey of 64 hex characters")
     if get(node, endpoints, "/registry/secrets/kube-system/kubeadm-certs") != key:
-        raise Fail("error downloading certs: the certificate key does not match the uploaded"
-                   " certificates (expired or from another cluster)")
+        raise Fail(
+            "error downloading certs: the certificate key does not match the uploaded"
+            " certificates (expired or from another cluster)"
+        )
     advertise = cp.get("localAPIEndpoint", {}).get("advertiseAddress", node.address)
     if advertise != node.address:
         raise Fail(f"advertiseAddress {advertise} is not this node's address {node.address}")
@@ -436,13 +493,24 @@ def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
     say(f"[etcd] Adding etcd member {node.name} ({node.peer_url}) as learner")
     deadline = time.monotonic() + 5
     while True:
-        proc = etcdctl(node, endpoints, "member", "add", node.name,
-                       f"--peer-urls={node.peer_url}", "--learner", "-w", "json")
+        proc = etcdctl(
+            node,
+            endpoints,
+            "member",
+            "add",
+            node.name,
+            f"--peer-urls={node.peer_url}",
+            "--learner",
+            "-w",
+            "json",
+        )
         if proc.returncode == 0:
             break
         if time.monotonic() > deadline:
-            raise Fail("error execution phase control-plane-join/etcd: error adding etcd member"
-                       f" as learner: {etcd_error(proc)}")
+            raise Fail(
+                "error execution phase control-plane-join/etcd: error adding etcd member"
+                f" as learner: {etcd_error(proc)}"
+            )
         time.sleep(0.5)
     added = json.loads(proc.stdout)
     learner_id = f"{added['member']['ID']:x}"
@@ -458,8 +526,10 @@ def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
             break
         say(f"[etcd] Promoting the learner {learner_id} failed: {etcd_error(proc)}")
         if time.monotonic() > deadline:
-            raise Fail("error execution phase control-plane-join/etcd: error creating local etcd"
-                       f" static pod manifest file: {etcd_error(proc)}")
+            raise Fail(
+                "error execution phase control-plane-join/etcd: error creating local etcd"
+                f" static pod manifest file: {etcd_error(proc)}"
+            )
         time.sleep(0.5)
     say(f"[etcd] The learner was promoted to a voting member: {learner_id}")
     wait_for(lambda: etcd_healthy(node), 30, "the local etcd member to be healthy")
@@ -475,8 +545,11 @@ def cmd_reset(node: NodeConf, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 12
     while True:
         try:
-            mine = [m for m in members(node, others)
-                    if m.get("name") == node.name or node.peer_url in m.get("peerURLs", [])]
+            mine = [
+                m
+                for m in members(node, others)
+                if m.get("name") == node.name or node.peer_url in m.get("peerURLs", [])
+            ]
             for m in mine:
                 proc = etcdctl(node, others, "member", "remove", f"{m['ID']:x}")
                 if proc.returncode != 0:
@@ -485,8 +558,11 @@ def cmd_reset(node: NodeConf, args: argparse.Namespace) -> int:
             break
         except (Fail, subprocess.TimeoutExpired) as e:
             if time.monotonic() > deadline:
-                print(f"[reset] Failed to remove etcd member: {e}; please manually remove this"
-                      " etcd member using etcdctl", file=sys.stderr)
+                print(
+                    f"[reset] Failed to remove etcd member: {e}; please manually remove this"
+                    " etcd member using etcdctl",
+                    file=sys.stderr,
+                )
                 break
             time.sleep(1)
     mark_not_ready(node, others)
@@ -509,8 +585,10 @@ def cmd_reset(node: NodeConf, args: argparse.Namespace) -> int:
 def admin_endpoints(node: NodeConf) -> list[str]:
     """The API server of this control plane talks to its local etcd member."""
     if not (KUBE / "admin.conf").is_file():
-        raise Fail(f"failed to load admin kubeconfig: open {KUBE / 'admin.conf'}: no such file or"
-                   " directory")
+        raise Fail(
+            f"failed to load admin kubeconfig: open {KUBE / 'admin.conf'}: no such file or"
+            " directory"
+        )
     return [node.client_url]
 
 
@@ -519,8 +597,11 @@ def cmd_token(node: NodeConf, args: argparse.Namespace) -> int:
         raise Fail(f"the stand-in supports `token create` only, not {args.action!r}")
     endpoints = admin_endpoints(node)
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    token = "".join(secrets.choice(alphabet) for _ in range(6)) + "." + "".join(
-        secrets.choice(alphabet) for _ in range(16))
+    token = (
+        "".join(secrets.choice(alphabet) for _ in range(6))
+        + "."
+        + "".join(secrets.choice(alphabet) for _ in range(16))
+    )
     put(node, endpoints, f"/registry/secrets/kube-system/bootstrap-token-{token[:6]}", token)
     print(token)
     return 0
@@ -535,18 +616,22 @@ def upload_certs(node: NodeConf, certificate_key: str | None) -> None:
     endpoints = admin_endpoints(node)
     key = certificate_key or secrets.token_hex(32)
     put(node, endpoints, "/registry/secrets/kube-system/kubeadm-certs", key)
-    say('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system"'
-        " Namespace")
+    say(
+        '[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system"'
+        " Namespace"
+    )
     say("[upload-certs] Using certificate key:")
     say(key)
 
 
 # ---- kubectl -------------------------------------------------------------------------------------
 
+
 def kubectl(node: NodeConf, argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kubectl")
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG",
-                                                          str(Path.home() / ".kube/config")))
+    p.add_argument(
+        "--kubeconfig", default=os.environ.get("KUBECONFIG", str(Path.home() / ".kube/config"))
+    )
     p.add_argument("verb", choices=["get", "delete"])
     p.add_argument("resource", choices=["nodes", "node", "no"])
     p.add_argument("name", nargs="?")
@@ -570,11 +655,15 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
             print(f'Error from server (NotFound): nodes "{args.name}" not found', file=sys.stderr)
             return 1
         return 0
-    proc = etcdctl(node, [node.client_url], "get", "/registry/minions/", "--prefix",
-                   "--print-value-only")
+    proc = etcdctl(
+        node, [node.client_url], "get", "/registry/minions/", "--prefix", "--print-value-only"
+    )
     if proc.returncode != 0:
-        print("The connection to the server was refused - did you specify the right host or"
-              f" port? ({etcd_error(proc)})", file=sys.stderr)
+        print(
+            "The connection to the server was refused - did you specify the right host or"
+            f" port? ({etcd_error(proc)})",
+            file=sys.stderr,
+        )
         return 1
     items = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     if args.name:
@@ -584,8 +673,11 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
         return 0
     print(f"{'NAME':<12}{'STATUS':<10}ROLES")
     for it in items:
-        role = ("control-plane" if "node-role.kubernetes.io/control-plane"
-                in it["metadata"]["labels"] else "<none>")
+        role = (
+            "control-plane"
+            if "node-role.kubernetes.io/control-plane" in it["metadata"]["labels"]
+            else "<none>"
+        )
         ready = [c["status"] for c in it["status"]["conditions"] if c["type"] == "Ready"]
         status = "Ready" if ready == ["True"] else "NotReady"
         print(f"{it['metadata']['name']:<12}{status:<10}{role}")
@@ -593,6 +685,7 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
 
 
 # ---- cloud-init ----------------------------------------------------------------------------------
+
 
 def cloud_init(argv: list[str]) -> int:
     """`cloud-init status [--wait]` on a node that is up: its first boot is done (exit 0)."""

@@ -27,28 +27,39 @@ from lab.config import load_config, stack_overrides
 from lab.infra.chain import KUBECONFIG_COMMAND, LabInvocation, step_commands
 from lab.topology import build_topology, join_plan
 
-from .harness import REPO, Lab
+from .harness import REPO, Harness
 
 STACK = "dev"  # Pulumi.dev.yaml: its only key is libvirt:uri, which no step uses
 NODES = ("cp1", "cp2", "cp3", "worker1")
 
 
-def on_first(lab: Lab, user: str, address: str, command: str,
-             ) -> subprocess.CompletedProcess[str]:
+def on_first(
+    lab: Harness,
+    user: str,
+    address: str,
+    command: str,
+) -> subprocess.CompletedProcess[str]:
     """remote.Command: `command` as the SSH session's command, run by the login's shell."""
-    return lab.host.exec([*lab.ssh_argv(), f"{user}@{address}", command], check=False,
-                         timeout=300)
+    return lab.host.exec([*lab.ssh_argv(), f"{user}@{address}", command], check=False, timeout=300)
 
 
-def on_host(lab: Lab, command: str) -> subprocess.CompletedProcess[str]:
+def on_host(lab: Harness, command: str) -> subprocess.CompletedProcess[str]:
     """local.Command: `sh -c command` in the project directory, here in the lab host's netns."""
-    return subprocess.run(["ip", "netns", "exec", lab.host.ns, "sh", "-c", command],
-                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ),
-                          timeout=300, check=False)
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.host.ns, "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+        timeout=300,
+        check=False,
+    )
 
 
-def test_chain_runs_its_own_commands_then_destroy(make_lab: Callable[..., Lab]) -> None:
-    lab = make_lab(nodes=NODES, user_data_files=True)  # cp1's init.yaml, as cloud-init writes it
+def test_chain_runs_its_own_commands_then_destroy(make_harness: Callable[..., Harness]) -> None:
+    lab = make_harness(
+        nodes=NODES, user_data_files=True
+    )  # cp1's init.yaml, as cloud-init writes it
     cfg = load_config(lab.config_path)
     assert cfg.kubernetes.cni == "none" and cfg.kubernetes.control_plane_endpoint.mode == "cp1"
     assert set(stack_overrides(STACK, REPO)) <= {"libvirt_uri"}, "Pulumi.dev.yaml sets lab:* keys"
@@ -65,10 +76,13 @@ def test_chain_runs_its_own_commands_then_destroy(make_lab: Callable[..., Lab]) 
             proc = on_host(lab, command)
         took = time.monotonic() - start
         where = f"ssh {cfg.ssh.user}@{first.name}" if remote else "sh -c"
-        print(f"== {name} ({where}, {took:.1f}s) -> exit {proc.returncode}\n{command}\n"
-              f"{proc.stdout}{proc.stderr}")
+        print(
+            f"== {name} ({where}, {took:.1f}s) -> exit {proc.returncode}\n{command}\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
         assert proc.returncode == 0, (
-            f"{name} exited {proc.returncode}:\n{command}\n{proc.stdout}{proc.stderr}")
+            f"{name} exited {proc.returncode}:\n{command}\n{proc.stdout}{proc.stderr}"
+        )
         return proc.stdout + proc.stderr
 
     ran = []
@@ -85,8 +99,11 @@ def test_chain_runs_its_own_commands_then_destroy(make_lab: Callable[..., Lab]) 
 
     assert lab.voters() == ["cp1", "cp2", "cp3"] and not lab.learners()
     assert all(m.get("name") for m in lab.members())
-    nodes = json.loads(lab.ssh(first.name, "kubectl --kubeconfig /etc/kubernetes/admin.conf"
-                                           " get nodes -o json").stdout)["items"]
+    nodes = json.loads(
+        lab.ssh(
+            first.name, "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json"
+        ).stdout
+    )["items"]
     assert sorted(n["metadata"]["name"] for n in nodes) == sorted(NODES)
 
     # cp1-init again (a re-run of `pulumi up` with a changed trigger): idempotent, etcd unchanged
@@ -101,6 +118,9 @@ def test_chain_runs_its_own_commands_then_destroy(make_lab: Callable[..., Lab]) 
     for name, delete in reversed(deletes):
         run(f"{name} (delete)", delete, remote=False)
     assert lab.voters() == ["cp1"] and not lab.learners()
-    nodes = json.loads(lab.ssh(first.name, "kubectl --kubeconfig /etc/kubernetes/admin.conf"
-                                           " get nodes -o json").stdout)["items"]
+    nodes = json.loads(
+        lab.ssh(
+            first.name, "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json"
+        ).stdout
+    )["items"]
     assert [n["metadata"]["name"] for n in nodes] == ["cp1"]

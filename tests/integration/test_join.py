@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from . import harness
-from .harness import Lab
+from .harness import Harness
 
 IN_SYNC = "can only promote a learner member which is in sync with leader"
 CPS = ("cp1", "cp2", "cp3")
@@ -31,15 +31,15 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def started(lab: Lab) -> Lab:
+def started(lab: Harness) -> Harness:
     """cp1 initialised (kubeadm init over SSH, as the chain's cp1-init) and gated at 1 voter."""
     lab.init("cp1")
     ok(lab.lab("gate", "--voters", "1"))
     return lab
 
 
-def test_1_happy_path(make_lab: Callable[..., Lab]) -> None:
-    lab = started(make_lab(nodes=(*CPS, "worker1")))
+def test_1_happy_path(make_harness: Callable[..., Harness]) -> None:
+    lab = started(make_harness(nodes=(*CPS, "worker1")))
     written: dict[str, str] = {}
     for voters, node in enumerate(("cp2", "cp3"), start=2):
         key = f"/it/before-{node}"
@@ -59,11 +59,11 @@ def test_1_happy_path(make_lab: Callable[..., Lab]) -> None:
     assert all(m.get("name") for m in lab.members())
 
 
-def test_2_seed_failure_blocked_peer_then_lifted(make_lab: Callable[..., Lab]) -> None:
+def test_2_seed_failure_blocked_peer_then_lifted(make_harness: Callable[..., Harness]) -> None:
     """cp2's peer traffic is blocked (handshakes pass, so a TCP-connect preflight cannot see it):
     kubeadm's promote fails with etcd's own text and leaves a learner; once the block is lifted,
     the same `lab join cp2` cleans up, resets, retries and succeeds."""
-    lab = started(make_lab(nodes=CPS))
+    lab = started(make_harness(nodes=CPS))
     lab.put("/it/before", "kept")
     cp2 = lab.nodes["cp2"]
     cp2.block_port_data(2380)
@@ -77,12 +77,13 @@ def test_2_seed_failure_blocked_peer_then_lifted(make_lab: Callable[..., Lab]) -
     assert lab.get_from("cp2", "/it/before") == "kept"
 
 
-def test_3_stale_learner_too_many_learners(make_lab: Callable[..., Lab]) -> None:
-    lab = started(make_lab(nodes=CPS))
+def test_3_stale_learner_too_many_learners(make_harness: Callable[..., Harness]) -> None:
+    lab = started(make_harness(nodes=CPS))
     # what an interrupted kubeadm join leaves: cp2's learner, added but never started
     lab.etcdctl("member", "add", "cp2", "--peer-urls=https://10.30.0.12:2380", "--learner")
-    second = lab.etcdctl("member", "add", "cp3", "--peer-urls=https://10.30.0.13:2380",
-                         "--learner", check=False)
+    second = lab.etcdctl(
+        "member", "add", "cp3", "--peer-urls=https://10.30.0.13:2380", "--learner", check=False
+    )
     assert second.returncode != 0 and "too many learner members in cluster" in second.stderr
     ok(lab.lab("cleanup-learners", "--dry-run"))
     assert len(lab.learners()) == 1, "--dry-run must not remove anything"
@@ -90,9 +91,12 @@ def test_3_stale_learner_too_many_learners(make_lab: Callable[..., Lab]) -> None
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
 
-def test_4_fault_never_clears(make_lab: Callable[..., Lab]) -> None:
-    lab = started(make_lab(nodes=CPS, tuning={"cp_join_retry_attempts": 3,
-                                              "cp_join_retry_max_total_seconds": 90}))
+def test_4_fault_never_clears(make_harness: Callable[..., Harness]) -> None:
+    lab = started(
+        make_harness(
+            nodes=CPS, tuning={"cp_join_retry_attempts": 3, "cp_join_retry_max_total_seconds": 90}
+        )
+    )
     before = sorted((m["ID"], m.get("isLearner", False)) for m in lab.members())
     lab.nodes["cp2"].block_port(2380)
     failed = lab.lab("join", "cp2")
@@ -101,16 +105,17 @@ def test_4_fault_never_clears(make_lab: Callable[..., Lab]) -> None:
     assert not lab.learners()
     diag = lab.lab("diagnose", "--json")
     report = json.loads(diag.stdout)
-    blocked = [p for p in report["connectivity"]
-               if (p["from"], p["to"], p["port"]) == ("cp2", "cp1", 2380)]
+    blocked = [
+        p for p in report["connectivity"] if (p["from"], p["to"], p["port"]) == ("cp2", "cp1", 2380)
+    ]
     assert blocked and not blocked[0]["ok"], report["connectivity"]
     rec = report["recommendation"]
     assert "cp2 -> cp1:2380" in rec["cause"] + " " + rec["detail"], rec
     assert "cp2 -> cp1:2380" in lab.lab("diagnose").stdout
 
 
-def test_5_leader_restart_during_gate(make_lab: Callable[..., Lab]) -> None:
-    lab = started(make_lab(nodes=CPS))
+def test_5_leader_restart_during_gate(make_harness: Callable[..., Harness]) -> None:
+    lab = started(make_harness(nodes=CPS))
     ok(lab.lab("join", "cp2"))
     ok(lab.lab("join", "cp3"))
     lab.write_config(gate_min_window_seconds=6, gate_consecutive_polls=4)
@@ -118,16 +123,21 @@ def test_5_leader_restart_during_gate(make_lab: Callable[..., Lab]) -> None:
     gate = lab.lab_background("gate", "--voters", "3", "--timeout", "120")
     leader.kill_etcd()
     assert gate.proc.poll() is None, f"the gate ended before the leader went down:\n{gate.output}"
-    harness.wait_until(lambda: lab.etcdctl("endpoint", "health", check=False).returncode != 0
-                       and len(gate.lines) > 0, 30, "the gate to poll while the leader is down")
+    harness.wait_until(
+        lambda: (
+            lab.etcdctl("endpoint", "health", check=False).returncode != 0 and len(gate.lines) > 0
+        ),
+        30,
+        "the gate to poll while the leader is down",
+    )
     assert gate.proc.poll() is None, f"the gate passed with the leader down:\n{gate.output}"
     leader.start_etcd()
     assert gate.wait(timeout=180) == 0, gate.output
     assert lab.voters() == list(CPS) and not lab.learners()
 
 
-def test_6_noop_leave_and_quorum_guard(make_lab: Callable[..., Lab]) -> None:
-    lab = started(make_lab(nodes=CPS))
+def test_6_noop_leave_and_quorum_guard(make_harness: Callable[..., Harness]) -> None:
+    lab = started(make_harness(nodes=CPS))
     ok(lab.lab("join", "cp2"))
     ok(lab.lab("join", "cp3"))
     ids = sorted(m["ID"] for m in lab.members())
@@ -154,8 +164,8 @@ def test_6_noop_leave_and_quorum_guard(make_lab: Callable[..., Lab]) -> None:
     assert lab.voters() == ["cp1"]
 
 
-def test_7_bad_input(make_lab: Callable[..., Lab]) -> None:
-    lab = started(make_lab(nodes=CPS))
+def test_7_bad_input(make_harness: Callable[..., Harness]) -> None:
+    lab = started(make_harness(nodes=CPS))
     before = sorted(m["ID"] for m in lab.members())
     unknown = lab.lab("join", "cp9")
     assert unknown.returncode == 2 and "cp9" in unknown.stderr
@@ -189,20 +199,35 @@ def test_8_tier_fails_when_it_cannot_run(monkeypatch: pytest.MonkeyPatch, tmp_pa
     env = {**os.environ, "LAB_IT_SSHD": "/nonexistent/sshd"}
     root = Path(__file__).parents[2]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--basetemp",
-         str(tmp_path / "inner"), f"{Path(__file__).with_name('test_harness.py')}::"
-         "test_ssh_pinned_key_and_node_isolation"],
-        capture_output=True, text=True, cwd=root, env=env, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--basetemp",
+            str(tmp_path / "inner"),
+            f"{Path(__file__).with_name('test_harness.py')}::"
+            "test_ssh_pinned_key_and_node_isolation",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert run.returncode != 0, run.stdout
     assert "1 error" in run.stdout and "skipped" not in run.stdout, run.stdout
     assert "never skips" in run.stdout and "sshd missing" in run.stdout, run.stdout
 
 
-def test_9_join_through_loss_and_low_bandwidth(make_lab: Callable[..., Lab]) -> None:
-    """Not one of the 8, but the seed's first suspect: cp2 drops 5% of what it receives
-    (iptables statistic) and sends at most 2 Mbit/s (tc tbf); the join still ends with 2 voters."""
-    lab = started(make_lab(nodes=CPS))
+def test_9_join_through_loss_and_low_bandwidth(make_harness: Callable[..., Harness]) -> None:
+    """Not one of the 8, but the first suspect of a failing promote: cp2 drops 5% of what it
+    receives (iptables statistic) and sends at most 2 Mbit/s (tc tbf); the join still ends with
+    2 voters."""
+    lab = started(make_harness(nodes=CPS))
     for i in range(200):  # some data for the learner to catch up on
         lab.put(f"/it/bulk/{i:03}", "x" * 512)
     cp2 = lab.nodes["cp2"]
@@ -213,10 +238,12 @@ def test_9_join_through_loss_and_low_bandwidth(make_lab: Callable[..., Lab]) -> 
     assert lab.get_from("cp2", "/it/bulk/199") == "x" * 512
 
 
-def test_10_verify_wait_polls_until_a_new_node_is_ready(make_lab: Callable[..., Lab]) -> None:
+def test_10_verify_wait_polls_until_a_new_node_is_ready(
+    make_harness: Callable[..., Harness],
+) -> None:
     """The chain's last step is `lab verify --wait`: right after its join a real node is NotReady
     until its CNI pod runs. One-shot verify fails on it; --wait passes once it turns Ready."""
-    lab = started(make_lab(nodes=("cp1", "worker1")))
+    lab = started(make_harness(nodes=("cp1", "worker1")))
     cfg = yaml.safe_load(lab.write_config(cp_stabilize_timeout_seconds=120).read_text())
     cfg["control_plane"]["count"] = 1  # this lab has one control plane
     lab.config_path.write_text(yaml.safe_dump(cfg))

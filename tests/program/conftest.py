@@ -111,10 +111,10 @@ def run_program(tmp_path: Path):
         @pulumi.runtime.test
         def program() -> pulumi.Output[Any]:
             ns = runpy.run_path(str(ROOT / "__main__.py"))
-            lab = ns["lab"]
-            outs = {"nodes": lab.nodes, "join_order": lab.join_order}
-            if lab.kubeconfig is not None:
-                outs["kubeconfig"] = lab.kubeconfig
+            k8s_lab = ns["k8s_lab"]
+            outs = {"nodes": k8s_lab.nodes, "join_order": k8s_lab.join_order}
+            if k8s_lab.kubeconfig is not None:
+                outs["kubeconfig"] = k8s_lab.kubeconfig
             return pulumi.Output.from_input(outs).apply(graph.outputs.update)
 
         program()

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from lab.config import ConfigError, load_config, parse_config, stack_overrides
+from lab.config import ConfigError, LabConfig, load_config, parse_config, stack_overrides
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"tuning.gate_max_applied_lag": 50, ...}; `nodes` is one leaf (a map of node names)."""
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path != "nodes":
+            out |= leaves(value, path + ".")
+        else:
+            out[path] = value
+    return out
+
+
+def test_shipped_config_is_exactly_the_defaults() -> None:
+    """One source of truth: the shipped file says what the model would do without it."""
+    assert load_config(REPO / "config" / "cluster.yaml") == LabConfig()
+
+
+def test_readme_table_documents_every_key_with_its_default() -> None:
+    defaults = leaves(LabConfig().model_dump(mode="json"))
+    readme = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| (.*?) \| .*\|$", readme, re.MULTILINE))
+    assert set(rows) == set(defaults)
+    for key, cell in rows.items():
+        if cell.startswith("`"):
+            assert yaml.safe_load(cell.strip("`")) == defaults[key], key
+        else:  # a description ("the first host (.1)") where the model computes the value
+            assert defaults[key] in (None, {}), f"{key}: README {cell!r}, model {defaults[key]!r}"
 
 
 def test_shipped_config_is_valid_and_matches_the_seed() -> None:

@@ -1,14 +1,17 @@
-"""The join's retry policy and error classification: pure, no network."""
+"""The retry policy and loop, and error classification: pure, no network."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
 from lab.config import Tuning
 from lab.ops.classify import classify
-from lab.ops.retry import Backoff
+from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
+
+FAST = Backoff(sleep=0, max_sleep=0, attempts=3, max_total=60, jitter=0)
 
 
 def test_backoff_doubles_and_caps_without_jitter() -> None:
@@ -34,7 +37,45 @@ def test_backoff_stops_at_attempts_or_total_budget() -> None:
     assert b.next_delay(2, elapsed=70) is None  # 70 + 40 would pass the 100 s budget
 
 
-def test_backoff_from_the_seed_tuning() -> None:
+def run_retry(outcomes: list[Exception | None]) -> tuple[list[str], Attempt | Exception]:
+    """Attempts fail or succeed in the order given; returns what happened, and the result."""
+    log: list[str] = []
+
+    async def attempt(a: Attempt) -> None:
+        log.append(f"try {a.number}/{a.of}")
+        if (error := outcomes[a.number - 1]) is not None:
+            raise error
+
+    async def undo(a: Attempt, e: Exception) -> None:
+        log.append(f"undo {a.number}: {e}")
+
+    async def go() -> Attempt:
+        return await retry(attempt, FAST, retry_on=(OSError,), undo=undo, say=log.append)
+
+    try:
+        return log, asyncio.run(go())
+    except Exception as e:
+        return log, e
+
+
+def test_retry_undoes_each_failure_and_returns_the_attempt_that_held() -> None:
+    log, done = run_retry([OSError("a"), None])
+    assert log == ["try 1/3", "undo 1: a", "backing off 0.0s", "try 2/3"]
+    assert isinstance(done, Attempt) and done.number == 2
+
+
+def test_retry_stops_when_the_attempts_are_spent() -> None:
+    log, error = run_retry([OSError("a"), OSError("b"), OSError("c")])
+    assert isinstance(error, RetriesExhausted) and error.attempts == 3
+    assert str(error.last) == "c" and log[-1] == "undo 3: c"
+
+
+def test_retry_lets_other_errors_through_without_undo() -> None:
+    log, error = run_retry([ValueError("bad input")])
+    assert isinstance(error, ValueError) and log == ["try 1/3"]
+
+
+def test_backoff_from_the_default_tuning() -> None:
     b = Backoff.from_tuning(Tuning())
     assert (b.sleep, b.max_sleep, b.attempts, b.max_total) == (20, 120, 8, 2400)
 

@@ -63,23 +63,8 @@ def snap(
     alarms: list[Alarm] | None = None,
     read_error: str | None = None,
 ) -> Snapshot:
-    return Snapshot(members, {IDS[n]: s for n, s in statuses.items()}, alarms or [], read_error)
-
-
-def node_of(m: Member) -> Node | None:
-    return next(
-        (
-            n
-            for n in NODES.values()
-            if m.name == n.name or (not m.name and m.peer_host == str(n.address))
-        ),
-        None,
-    )
-
-
-def label(m: Member) -> str:
-    n = node_of(m)
-    return m.name or (f"{n.name} (not started)" if n else m.label)
+    by_id = {IDS[n]: s for n, s in statuses.items()}
+    return Snapshot(members, by_id, alarms or [], read_error, nodes=tuple(NODES.values()))
 
 
 def healthy3() -> Snapshot:
@@ -87,6 +72,25 @@ def healthy3() -> Snapshot:
         [member("cp1"), member("cp2"), member("cp3")],
         {"cp1": status("cp1"), "cp2": status("cp2"), "cp3": status("cp3", applied=98)},
     )
+
+
+# ------------------------------------------------------------------------ member identity
+
+
+def test_snapshot_knows_whose_member_is_whose() -> None:
+    s = snap(
+        [member("cp1"), member("cp2"), member("cp3", learner=True, started=False)],
+        {"cp1": status("cp1"), "cp2": status("cp2"), "cp3": "UNAVAILABLE"},
+    )
+    cp1, cp2, cp3 = NODES.values()
+    assert s.members_of(cp2) == [s.members[1]]
+    assert s.node_of(s.members[2]) == cp3  # never started: no name, found by its peer address
+    assert s.label(s.members[2]) == "cp3 (not started)"
+    assert [s.is_voter(n) for n in (cp1, cp2, cp3)] == [True, True, False]
+    assert s.voting_nodes == [cp1, cp2]
+    assert s.leader == s.members[0]
+    stranger = Node("cp9", "control-plane", ipaddress.IPv4Address("10.30.0.19"), 2, 4096, 30)
+    assert s.members_of(stranger) == [] and not s.is_voter(stranger)
 
 
 # ------------------------------------------------------------------------------------ gate
@@ -110,9 +114,9 @@ def test_gate_rejects_a_learner_and_an_unstarted_member() -> None:
         {"cp1": status("cp1"), "cp2": "status on 10.30.0.12:2379: UNAVAILABLE"},
     )
     found = rules(check(s, 1, max_lag=50))
-    assert ("members", s.members[1].label) in found
-    assert ("started", s.members[1].label) in found
-    assert ("status", s.members[1].label) in found
+    assert ("members", "cp2 (not started)") in found
+    assert ("started", "cp2 (not started)") in found
+    assert ("status", "cp2 (not started)") in found
 
 
 def test_gate_rejects_disagreement_on_leader_and_term() -> None:
@@ -155,10 +159,10 @@ def test_stale_learner_rules_never_touch_voters() -> None:
         [member("cp1"), member("cp2"), member("cp3", learner=True)],
         {"cp1": status("cp1"), "cp2": status("cp2"), "cp3": status("cp3", learner=True)},
     )
-    assert stale_learners([s], node=None, node_of=node_of, max_lag=50) == []
-    own = stale_learners([s], node="cp3", node_of=node_of, max_lag=50)
+    assert stale_learners([s], node=None, max_lag=50) == []
+    own = stale_learners([s], node="cp3", max_lag=50)
     assert [(x.member.id, "being (re)joined" in x.reason) for x in own] == [(IDS["cp3"], True)]
-    assert stale_learners([s], node="cp2", node_of=node_of, max_lag=50) == []
+    assert stale_learners([s], node="cp2", max_lag=50) == []
 
 
 def test_stale_learner_not_started_or_not_answering() -> None:
@@ -166,12 +170,12 @@ def test_stale_learner_not_started_or_not_answering() -> None:
         [member("cp1"), member("cp2", learner=True, started=False)],
         {"cp1": status("cp1"), "cp2": "UNAVAILABLE"},
     )
-    (x,) = stale_learners([s], node=None, node_of=node_of, max_lag=50)
+    (x,) = stale_learners([s], node=None, max_lag=50)
     assert "never started" in x.reason
     s2 = snap(
         [member("cp1"), member("cp2", learner=True)], {"cp1": status("cp1"), "cp2": "timed out"}
     )
-    (y,) = stale_learners([s2], node=None, node_of=node_of, max_lag=50)
+    (y,) = stale_learners([s2], node=None, max_lag=50)
     assert "does not answer" in y.reason
 
 
@@ -182,13 +186,11 @@ def test_stale_learner_not_catching_up_between_two_looks() -> None:
             {"cp1": status("cp1", applied=lead), "cp2": status("cp2", applied=mine, learner=True)},
         )
 
-    stuck = stale_learners([look(1000, 10), look(1100, 10)], node=None, node_of=node_of, max_lag=50)
+    stuck = stale_learners([look(1000, 10), look(1100, 10)], node=None, max_lag=50)
     assert len(stuck) == 1 and "not catching up" in stuck[0].reason
-    moving = stale_learners(
-        [look(1000, 10), look(1100, 900)], node=None, node_of=node_of, max_lag=50
-    )
+    moving = stale_learners([look(1000, 10), look(1100, 900)], node=None, max_lag=50)
     assert moving == []
-    once = stale_learners([look(1000, 10)], node=None, node_of=node_of, max_lag=50)
+    once = stale_learners([look(1000, 10)], node=None, max_lag=50)
     assert once == []  # one look is not "for a while"
 
 
@@ -295,8 +297,8 @@ def test_recommend_ssh_then_stale_learner() -> None:
     ps = paths(set())
     ssh_down = [TcpPath("cp3", d, 2380, False, "ssh: cp3: unreachable") for d in ("cp1", "cp2")]
     assert recommend(ps + ssh_down, s, []).cause == "cp3 unreachable over SSH"
-    stale = stale_learners([s], node=None, node_of=node_of, max_lag=50, label=label)
-    assert recommend(ps, s, stale, label).cause == "stale learner cp2 (not started) blocks joins"
+    stale = stale_learners([s], node=None, max_lag=50)
+    assert recommend(ps, s, stale).cause == "stale learner cp2 (not started) blocks joins"
 
 
 def test_recommend_member_not_answering_and_alarm() -> None:

@@ -1,4 +1,5 @@
-"""The Lab: network, machines in parallel, then the join chain (unless Kubernetes is off)."""
+"""The whole lab as one component: network, machines in parallel, then the join chain (unless
+Kubernetes is off)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from lab.render import cloudinit
 from lab.topology import build_topology, join_plan
 
 
-class Lab(pulumi.ComponentResource):
+class KubernetesLab(pulumi.ComponentResource):
     def __init__(
         self, cfg: LabConfig, lab: LabInvocation, opts: pulumi.ResourceOptions | None = None
     ):
+        # The type token stays "lab:index:Lab": it is part of every resource's URN in state.
         super().__init__("lab:index:Lab", cfg.cluster.name, None, opts)
         topo = build_topology(cfg)
         provider = libvirt.Provider(

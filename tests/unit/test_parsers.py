@@ -1,0 +1,95 @@
+"""What the operations read from a node's output, parsed without a node: each parser is fed the
+text the node prints, kept in tests/unit/recorded/. probe.txt has the probe script's own lines
+(run here against loopback, addresses then set to the lab's), ca-hash.txt is openssl + sha256sum
+of a generated CA; the kubeadm and kubectl files are in the exact format those tools print
+(kubeadm-join-etcd-join.txt ends with the failure real kubeadm 1.34 gave under emulation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lab.etcd import describe
+from lab.ops.classify import classify
+from lab.ops.common import OpFailed
+from lab.ops.node import ca_cert_hash, gist, last_line, parse_probes, ready_nodes
+
+RECORDED = Path(__file__).with_name("recorded")
+
+
+def recorded(name: str) -> str:
+    return (RECORDED / name).read_text()
+
+
+def test_probe_lines_become_paths_and_a_missing_line_is_no_result() -> None:
+    targets = [
+        ("cp1", "10.30.0.11", 2380),
+        ("cp3", "10.30.0.13", 2380),
+        ("api", "10.30.0.11", 6443),
+        ("cp4", "10.30.0.14", 2380),
+        ("cp5", "10.30.0.15", 2380),
+    ]
+    paths = parse_probes(recorded("probe.txt"), "cp2", targets)
+    assert [(p.target, p.ok, p.error, p.blocked) for p in paths] == [
+        ("cp1", True, "", False),
+        ("cp3", False, "Connection refused", False),  # answered: nothing listens yet
+        ("api", False, "timeout", True),
+        ("cp4", False, "No route to host", True),
+        ("cp5", False, "no result", True),
+    ]
+    assert paths[2].name == "cp2 -> api:6443"
+
+
+def test_ca_hash_from_sha256sum() -> None:
+    assert ca_cert_hash(recorded("ca-hash.txt")) == (
+        "sha256:fd3b1a9e679c2e93de0e42426ca4685371bb9052f612b73cf3b7e9db6ddf8552"
+    )
+    with pytest.raises(OpFailed, match="not a SHA-256 digest"):
+        ca_cert_hash("sha256sum: -: No such file or directory\n")
+
+
+def test_token_and_certificate_key_are_the_last_line() -> None:
+    assert last_line(recorded("token-create.txt")) == "mm0xpb.v5bnwbb1x3cxi0n7"
+    key = last_line(recorded("upload-certs.txt"))
+    assert len(key) == 64 and key.startswith("8e3c1bd8")
+    with pytest.raises(OpFailed, match="printed nothing"):
+        last_line("\n\n")
+
+
+def test_ready_nodes_from_kubectl_json() -> None:
+    assert ready_nodes(recorded("kubectl-get-nodes.json")) == {"cp1": True, "worker1": False}
+    with pytest.raises(OpFailed, match="did not print JSON"):
+        ready_nodes('error: the server doesn\'t have a resource type "nodes"')
+
+
+def test_gist_of_a_failed_kubeadm_join_names_the_phase() -> None:
+    text = recorded("kubeadm-join-etcd-join.txt")
+    summary = gist(text)
+    assert summary.startswith("error execution phase etcd-join:")
+    assert "context deadline exceeded" in summary and "[preflight]" not in summary
+    assert classify(summary)[0] == "timeout"
+    assert gist("") == "no output"
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    empty = grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, empty, empty, details)
+
+
+def test_etcd_errors_keep_etcds_words_and_shorten_grpcs() -> None:
+    promote = "etcdserver: can only promote a learner member which is in sync with leader"
+    assert describe(rpc_error(grpc.StatusCode.FAILED_PRECONDITION, promote)) == (
+        f"FAILED_PRECONDITION: {promote}"
+    )
+    refused = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.30.0.12:2379:"
+        " Failed to connect to remote host: Connection refused"
+    )
+    assert describe(rpc_error(grpc.StatusCode.UNAVAILABLE, refused)) == (
+        "UNAVAILABLE: connection refused"
+    )
+    wrapped = RuntimeError("member list")
+    wrapped.__cause__ = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert describe(wrapped) == "DEADLINE_EXCEEDED: timed out"
