@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the Pulumi engine pieces from Go modules into .tools/bin:
-#   pulumi, pulumi-language-python (+ its exec script), pulumi-resource-libvirt.
-# pulumi-resource-command is not built: see engine/README.md (not on the module proxy).
+# Build the Pulumi engine into .tools/bin:
+#   pulumi and pulumi-resource-libvirt, from wrapper modules on Go modules;
+#   pulumi-language-python (+ its exec script) and pulumi-resource-command, from the upstream
+#   sources copied into engine/third_party (the module proxy does not serve them).
 #
 # Cached: each binary has a stamp (.tools/stamps/NAME) holding its version and
 # a hash of its wrapper module (go.mod, go.sum, sources). A binary whose stamp
@@ -18,11 +19,11 @@ work=$root/.tools/build
 
 # Versions. The CLI cannot be v3.272.0 (the Python SDK's pin): the module proxy
 # serves pkg/v3 only at some versions, and v3.274.1 is the nearest one after it.
-# A newer CLI runs programs of an older SDK; the language host is built on
-# sdk/v3 v3.272.0, the SDK's own version.
+# A newer CLI runs programs of an older SDK, and so does the language host.
 pulumi_version=v3.274.1
-python_host_version=3.272.0
+python_host_version=3.259.0
 libvirt_version=0.5.4
+command_version=1.2.1
 
 # Go: from PATH, else the official tarball's install place.
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
@@ -38,7 +39,7 @@ mkdir -p "$bin" "$stamps" "$work"
 
 # wrapper_hash DIR: hash of what decides the build (generated schema.json excluded).
 wrapper_hash() {
-  (cd "$1" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) -print0 \
+  (cd "$1" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' -o -name '*-exec' \) -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 
@@ -54,12 +55,17 @@ build_pulumi() {
 }
 
 build_python_host() {
-  local sdk
-  (cd "$engine/pulumi-language-python" && go build \
-    -ldflags "-X main.version=$python_host_version" -o "$bin/pulumi-language-python" .)
-  # The exec script the host runs ships in the same sdk/v3 module.
-  sdk=$(cd "$engine/pulumi-language-python" && go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)
-  install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
+  local dir=$engine/third_party/pulumi-language-python
+  (cd "$dir" && go build \
+    -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$python_host_version" \
+    -o "$bin/pulumi-language-python" .)
+  install -m 0755 "$dir/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
+}
+
+build_command() {
+  (cd "$engine/third_party/pulumi-command/provider" && go build \
+    -ldflags "-X github.com/pulumi/pulumi-command/provider/pkg/version.Version=$command_version" \
+    -o "$bin/pulumi-resource-command" ./cmd/pulumi-resource-command)
 }
 
 build_libvirt() {
@@ -91,12 +97,13 @@ build() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(pulumi pulumi-language-python pulumi-resource-libvirt)
+[ ${#want[@]} -gt 0 ] || want=(pulumi pulumi-language-python pulumi-resource-libvirt pulumi-resource-command)
 for name in "${want[@]}"; do
   case $name in
     pulumi) build pulumi "$pulumi_version" "$engine/pulumi" build_pulumi ;;
-    pulumi-language-python) build pulumi-language-python "$python_host_version" "$engine/pulumi-language-python" build_python_host ;;
+    pulumi-language-python) build pulumi-language-python "$python_host_version" "$engine/third_party/pulumi-language-python" build_python_host ;;
     pulumi-resource-libvirt) build pulumi-resource-libvirt "$libvirt_version" "$engine/pulumi-resource-libvirt" build_libvirt ;;
+    pulumi-resource-command) build pulumi-resource-command "$command_version" "$engine/third_party/pulumi-command/provider" build_command ;;
     *) echo "engine/build.sh: unknown binary $name" >&2; exit 2 ;;
   esac
 done

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.config import DEFAULT_CONFIG, ConfigError, LabConfig, load_config, stack_overrides
-from lab.topology import build_topology, join_plan
+from lab.topology import Node, build_topology, join_plan
 
 if TYPE_CHECKING:
     from lab.ops.common import Session
@@ -80,20 +81,31 @@ Command = Callable[[LabConfig, argparse.Namespace], int]
 
 
 def _operate(
-    cfg: LabConfig, body: Callable[[Session], Awaitable[int]], *, json_out: bool = False
+    cfg: LabConfig,
+    body: Callable[[Session], Awaitable[int]],
+    *,
+    json_out: bool = False,
+    host_keys: dict[str, str] | None = None,
+    changes_members: str | None = None,
 ) -> int:
     """Run one operation: progress lines with elapsed time (on stderr with --json), and a failed
-    condition, an unreachable node or an etcd error as exit 1 with one clear line."""
+    condition, an unreachable node or an etcd error as exit 1 with one clear line. An operation
+    that `changes_members` (its description) holds the lab's membership lock while it runs."""
     from lab.etcd import EtcdError
-    from lab.ops.common import OpFailed, Progress, Session
+    from lab.ops.common import OpFailed, Progress, Session, membership_lock
     from lab.ssh import SshError
 
+    progress = Progress(sys.stderr if json_out else sys.stdout)
+
     async def go() -> int:
-        async with Session(cfg, Progress(sys.stderr if json_out else sys.stdout)) as session:
+        async with Session(cfg, progress, host_keys=host_keys or {}) as session:
             return await body(session)
 
     try:
-        return asyncio.run(go())
+        if changes_members is None:
+            return asyncio.run(go())
+        with membership_lock(cfg.state_dir, changes_members, progress):
+            return asyncio.run(go())
     except (OpFailed, SshError, EtcdError) as e:
         print(f"lab: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -123,7 +135,7 @@ def cmd_join(cfg: LabConfig, args: argparse.Namespace) -> int:
         await join(session, args.node)
         return EXIT_OK
 
-    return _operate(cfg, body)
+    return _operate(cfg, body, changes_members=f"join {args.node}")
 
 
 def cmd_cleanup(cfg: LabConfig, args: argparse.Namespace) -> int:
@@ -136,7 +148,7 @@ def cmd_cleanup(cfg: LabConfig, args: argparse.Namespace) -> int:
         await cleanup_learners(session, args.node, dry_run=args.dry_run)
         return EXIT_OK
 
-    return _operate(cfg, body)
+    return _operate(cfg, body, changes_members=None if args.dry_run else "cleanup-learners")
 
 
 def cmd_diagnose(cfg: LabConfig, args: argparse.Namespace) -> int:
@@ -167,16 +179,27 @@ def cmd_verify(cfg: LabConfig, args: argparse.Namespace) -> int:
     return _operate(cfg, body, json_out=args.json)
 
 
+def leaving_node(cfg: LabConfig, args: argparse.Namespace) -> Node:
+    """The node to remove: as the join's delete command recorded it (--address, --role), which
+    works after the config dropped it; else the config's node of that name."""
+    if args.address is None and args.role is None:
+        return build_topology(cfg).node(args.node)
+    if args.address is None or args.role is None:
+        raise ConfigError("lab leave: give --address and --role together, or neither")
+    return Node(args.node, args.role, args.address, cpus=0, memory_mib=0, disk_gib=0)
+
+
 def cmd_leave(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.leave import leave
 
-    build_topology(cfg).node(args.node)
+    node = leaving_node(cfg, args)
+    host_keys = {node.name: args.host_key} if args.host_key else {}
 
     async def body(session: Session) -> int:
-        await leave(session, args.node, force=args.force)
+        await leave(session, node, force=args.force)
         return EXIT_OK
 
-    return _operate(cfg, body)
+    return _operate(cfg, body, host_keys=host_keys, changes_members=f"leave {node.name}")
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -217,9 +240,14 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
         help="poll until every check passes (up to tuning.cp_stabilize_timeout_seconds)",
     )
     v.set_defaults(func=cmd_verify)
-    lv = sub.add_parser("leave", parents=[common], help="remove a control plane, keeping quorum")
+    lv = sub.add_parser("leave", parents=[common], help="remove a node, keeping etcd's quorum")
     lv.add_argument("node")
     lv.add_argument("--force", action="store_true", help="remove even when quorum would break")
+    lv.add_argument(
+        "--address", type=ipaddress.IPv4Address, help="the node's address (default: the config's)"
+    )
+    lv.add_argument("--role", choices=["control-plane", "worker"], help="with --address")
+    lv.add_argument("--host-key", help="its SSH host public key (default: the pinned one)")
     lv.set_defaults(func=cmd_leave)
 
 

@@ -214,12 +214,20 @@ class NodeShell:
             raise SshError(f"{self.name}: cannot write {path}: {err.decode().strip()}")
 
 
-def shell_for(cfg: LabConfig, node: Node, *, connect_timeout: float = CONNECT_TIMEOUT) -> NodeShell:
-    """The node's shell as the config says: cfg.ssh.user, cfg.ssh_key_path, the pinned host key."""
-    try:
-        host_key = pinned_host_key(cfg.state_dir, node.name)
-    except FileNotFoundError as e:
-        raise SshError(str(e), "hostkey") from None
+def shell_for(
+    cfg: LabConfig,
+    node: Node,
+    *,
+    host_key: str | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> NodeShell:
+    """The node's shell as the config says: cfg.ssh.user, cfg.ssh_key_path, and the host key
+    given (a delete command carries its node's) or else the one pinned in the state folder."""
+    if host_key is None:
+        try:
+            host_key = pinned_host_key(cfg.state_dir, node.name)
+        except FileNotFoundError as e:
+            raise SshError(str(e), "hostkey") from None
     return NodeShell(
         node.name,
         str(node.address),

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local, remote
 
+from lab import keys
 from lab.config import LabConfig
 from lab.infra.machines import Machine
 from lab.render import kubeadm
-from lab.topology import Step, Topology, join_plan
+from lab.topology import Node, Step, Topology, build_topology, join_plan
 
 LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
 KUBECONFIG_COMMAND = "sudo cat /etc/kubernetes/admin.conf"  # on cp1, once cp1-init has run
@@ -47,9 +48,27 @@ def step_commands(step: Step, cfg: LabConfig, lab: LabInvocation) -> StepCommand
     """The commands the chain registers for `step`; needs no engine, so a test runs them as is."""
     if step.kind == "init":
         return StepCommands(kubeadm.init_script(cfg), None, on_first=True)
-    # A join's delete is `lab leave`: destroy or a smaller count removes the etcd member first.
-    delete = lab.command("leave", step.node) if step.kind == "join" and step.node else None
+    delete = (
+        leave_command(build_topology(cfg).node(step.node), cfg, lab)
+        if step.kind == "join" and step.node
+        else None
+    )
     return StepCommands(lab.command(*step.lab_args), delete, on_first=False)
+
+
+def leave_command(node: Node, cfg: LabConfig, lab: LabInvocation) -> str:
+    """A join's delete: `lab leave` with everything it needs about the node, since Pulumi runs
+    the stored command after the config may have dropped the node (a smaller count)."""
+    return lab.command(
+        "leave",
+        node.name,
+        "--address",
+        str(node.address),
+        "--role",
+        node.role,
+        "--host-key",
+        keys.pinned_host_key(cfg.state_dir, node.name),
+    )
 
 
 def ssh_connection(
@@ -129,5 +148,7 @@ class JoinChain(pulumi.ComponentResource):
             delete=commands.delete,
             triggers=triggers,
             logging=local.Logging.STDOUT_AND_STDERR,
-            opts=opts,
+            # A rebuilt machine's join: leave with the old one before joining the new one (the
+            # default, create first, would run the join and then the leave of the same node).
+            opts=opts.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )

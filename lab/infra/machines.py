@@ -12,12 +12,18 @@ from lab.topology import Node, Topology
 GIB = 1024**3
 
 
+def fixed_name(parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    """Options for a libvirt object with a name of ours: libvirt refuses a second object of
+    that name, so a replacement deletes the old one first (Pulumi's default creates first)."""
+    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
+
+
 class LabNetwork(pulumi.ComponentResource):
     """NAT network with static addresses (no DHCP), a storage pool, and the base image volume."""
 
     def __init__(self, name: str, cfg: LabConfig, topo: Topology, opts: pulumi.ResourceOptions):
         super().__init__("lab:libvirt:Network", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = fixed_name(self)
         prefix = cfg.cluster.name
         self.network = libvirt.Network(
             "network",
@@ -68,7 +74,7 @@ class Machine(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions,
     ):
         super().__init__("lab:libvirt:Machine", node.name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = fixed_name(self)
         name = f"{cfg.cluster.name}-{node.name}"
         self.disk = libvirt.Volume(
             f"{node.name}-disk",

@@ -5,9 +5,12 @@ progress lines with elapsed time, and one snapshot of etcd that knows whose memb
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -48,6 +51,36 @@ class Progress:
         )
 
 
+@contextlib.contextmanager
+def membership_lock(state_dir: Path, what: str, say: Progress) -> Iterator[None]:
+    """One membership change (join, leave, learner cleanup) at a time per lab. An interrupted
+    `pulumi up` can leave its `lab join` running while the next `pulumi up` starts another:
+    the second waits for the first, then finds the node joined (or cleans up after it)."""
+    path = state_dir / "membership.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    f.seek(0)
+                    holder = f.read().strip() or "another lab command"
+                    say(None, f"waiting for {holder} to finish: one membership change at a time")
+                    waiting = True
+                time.sleep(0.5)
+        f.truncate(0)
+        f.write(f"`lab {what}` (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def owns(node: Node, member: Member) -> bool:
     """A member is a node's by its name or, never started (so nameless), by its peer address."""
     return member.name == node.name or (not member.name and member.peer_host == str(node.address))
@@ -71,6 +104,7 @@ class Session:
     cfg: LabConfig
     say: Progress
     etcd_timeout: float = 5.0
+    host_keys: dict[str, str] = field(default_factory=dict)  # given, instead of the pinned files
     topo: Topology = field(init=False)
     _shells: dict[str, NodeShell] = field(default_factory=dict, init=False)
     _etcd: Etcd | None = field(default=None, init=False)
@@ -94,7 +128,8 @@ class Session:
 
     def shell(self, node: Node) -> NodeShell:
         if node.name not in self._shells:
-            self._shells[node.name] = shell_for(self.cfg, node)
+            host_key = self.host_keys.get(node.name)
+            self._shells[node.name] = shell_for(self.cfg, node, host_key=host_key)
         return self._shells[node.name]
 
     # ------------------------------------------------------------------ etcd

@@ -1,6 +1,8 @@
-"""`lab leave <node>`: remove a control plane safely. It refuses to remove the last voter or to
-leave fewer healthy voters than the remaining cluster's quorum (unless forced); it removes the
-etcd member first, then resets the node. A node that is not a member is a no-op etcd-wise.
+"""`lab leave <node>`: remove a node safely. It refuses to remove the last voter or to leave
+fewer healthy voters than the remaining cluster's quorum (unless forced); it removes the etcd
+member first, then resets the node and deletes it from Kubernetes. A node that is not a member
+is a no-op etcd-wise. The node need not be in the config any more: a join's delete command
+names it (address, role, host key), so scaling down by editing the config still removes it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from lab.etcd import Member
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.node import KUBECONFIG, kubeadm_reset
 from lab.ssh import SshError
+from lab.topology import Node
 
 
 def quorum(n: int) -> int:
@@ -39,8 +42,8 @@ def leave_refusal(snap: Snapshot, target: Member) -> str | None:
     return None
 
 
-async def leave(session: Session, name: str, *, force: bool = False) -> None:
-    node = session.topo.node(name)
+async def leave(session: Session, node: Node, *, force: bool = False) -> None:
+    name = node.name
     try:
         await session.shell(node).connect()
         reachable = True
@@ -73,7 +76,7 @@ async def leave(session: Session, name: str, *, force: bool = False) -> None:
         if mine:
             raise
         session.say(name, f"warning: {e}")
-    if node != session.topo.first:
+    if name != session.topo.first.name:
         r = await session.shell(session.topo.first).run(
             f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
             timeout=60,

@@ -26,7 +26,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PULUMI = ROOT / "scripts" / "pulumi"
 TOOLS = ROOT / ".tools" / "bin"
-ENGINE_BINARIES = ("pulumi", "pulumi-language-python", "pulumi-resource-libvirt")
+ENGINE_BINARIES = (
+    "pulumi",
+    "pulumi-language-python",
+    "pulumi-resource-libvirt",
+    "pulumi-resource-command",
+)
 SYSTEM_BINARIES = ("libvirtd", "virsh", "qemu-img", "qemu-system-x86_64", "ip", "unshare")
 
 # libvirt's system directories, each replaced by a private copy in the test's mounts.
@@ -152,33 +157,16 @@ def libvirtd(tmp_path_factory):
 
 @dataclass
 class Stack:
+    """A temporary stack of this project (state in .lab/pulumi-state), driven through
+    scripts/pulumi, optionally inside a network namespace (to reach a test's nodes)."""
+
     name: str
-    env: dict
+    env: dict[str, str]
+    netns: str | None = None
+    cwd: Path = ROOT
 
-    def pulumi(self, *args: str, check: bool = True, timeout: int = 900):
-        out = subprocess.run(
-            [str(PULUMI), *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check:
-            assert out.returncode == 0, (
-                f"pulumi {' '.join(args)} exited {out.returncode}\n"
-                f"--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
-            )
-        return out
-
-
-@pytest.fixture
-def make_stack(request):
-    """Temporary stacks of this project (state in .lab/pulumi-state); removed afterwards
-    with their Pulumi.<stack>.yaml."""
-    made: list[Stack] = []
-
-    def make(suffix: str, config: dict[str, str]) -> Stack:
+    @classmethod
+    def create(cls, suffix: str, config: dict[str, str], netns: str | None = None) -> Stack:
         name = f"enginetest-{suffix}-{os.getpid()}"
         # No plugin downloads: the tier must not reach outside this machine.
         env = dict(
@@ -186,15 +174,51 @@ def make_stack(request):
             LAB_STACK=name,
             PULUMI_NON_INTERACTIVE="true",
             PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+            PULUMI_DEBUG_COMMANDS="true",  # enables --event-log: the engine's own record
         )
         env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
-        stack = Stack(name, env)
-        made.append(stack)
-        for key, value in config.items():
-            stack.pulumi("config", "set", key, value)
+        stack = cls(name, env, netns)
+        stack.config(config)
         return stack
+
+    def argv(self) -> list[str]:
+        return [*(["ip", "netns", "exec", self.netns] if self.netns else []), str(PULUMI)]
+
+    def config(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self.pulumi("config", "set", key, value)
+
+    def pulumi(self, *args: str, check: bool = True, timeout: int = 900):
+        out = subprocess.run(
+            [*self.argv(), *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        print(f"$ pulumi {' '.join(args)} -> exit {out.returncode}\n{out.stdout}{out.stderr}")
+        if check:
+            assert out.returncode == 0, (
+                f"pulumi {' '.join(args)} exited {out.returncode}\n"
+                f"--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
+            )
+        return out
+
+    def remove(self) -> None:
+        self.pulumi("stack", "rm", "--yes", "--force", "--stack", self.name, check=False)
+        (ROOT / f"Pulumi.{self.name}.yaml").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def make_stack():
+    """make_stack(suffix, config) -> a Stack, removed afterwards with its Pulumi.<stack>.yaml."""
+    made: list[Stack] = []
+
+    def make(suffix: str, config: dict[str, str]) -> Stack:
+        made.append(Stack.create(suffix, config))
+        return made[-1]
 
     yield make
     for stack in made:
-        stack.pulumi("stack", "rm", "--yes", "--force", "--stack", stack.name, check=False)
-        (ROOT / f"Pulumi.{stack.name}.yaml").unlink(missing_ok=True)
+        stack.remove()

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from lab.config import load_config
-from lab.topology import build_topology
+from lab.topology import Step, build_topology, join_plan
 
 from .conftest import ROOT, require_engine
 
@@ -23,19 +23,22 @@ def urn_name(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
 
-def test_preview_of_the_dev_config_shows_the_network_and_every_machine(libvirtd, make_stack):
-    """The dev stack's cluster, previewed by the real engine and the built libvirt provider.
+def in_plan_order(names: list[str], plan: list[Step]) -> bool:
+    """Every step of the plan is there, each after the steps it waits for (workers, which join
+    in parallel, may come in any order among themselves)."""
+    at = {name: i for i, name in enumerate(names)}
+    return all(s.name in at and all(at[b] < at[s.name] for b in s.after) for s in plan)
 
-    The join chain is switched off here: its resources need pulumi-command's provider, which
-    cannot be built on this machine (engine/README.md); the program tier proves its edges.
-    """
+
+def test_preview_of_the_dev_config_shows_machines_and_the_chain_in_plan_order(libvirtd, make_stack):
+    """The dev stack's cluster, previewed by the real engine and the built providers: the
+    network, every machine, and every step of the join chain, registered in plan order."""
     dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text()).get("config", {})
     config = {k: str(v) for k, v in dev.items() if k != "libvirt:uri"}
-    stack = make_stack(
-        "preview", {**config, "lab:kubernetes": "false", "libvirt:uri": libvirtd.uri}
-    )
+    stack = make_stack("preview", {**config, "libvirt:uri": libvirtd.uri})
 
-    steps = json.loads(stack.pulumi("preview", "--json", timeout=600).stdout)["steps"]
+    preview = json.loads(stack.pulumi("preview", "--json", timeout=600).stdout)
+    steps = preview["steps"]
     created = {(s["urn"].split("::")[-2].split("$")[-1], urn_name(s["urn"])) for s in steps}
     assert ("lab:libvirt:Network", "lab-network") in created
     assert ("libvirt:index/network:Network", "network") in created
@@ -47,6 +50,21 @@ def test_preview_of_the_dev_config_shows_the_network_and_every_machine(libvirtd,
         assert ("libvirt:index/domain:Domain", f"{node.name}-domain") in created, node.name
         assert ("libvirt:index/cloudInitDisk:CloudInitDisk", f"{node.name}-cloudinit") in created
     assert all(s["op"] == "create" for s in steps if s["urn"].endswith("-domain"))
+    plan = join_plan(topo)
+    commands = [
+        urn_name(s["urn"])
+        for s in steps
+        if s["urn"].split("::")[-2].endswith(("command:local:Command", "command:remote:Command"))
+    ]
+    assert in_plan_order(commands, plan)
+    # What a user reads: the chain's steps in plan order, and the join_order output.
+    text = stack.pulumi("preview", timeout=600).stdout
+    shown = [
+        line.split()[2] for line in text.splitlines() if "command:" in line and "create" in line
+    ]
+    assert in_plan_order(shown, plan)
+    outputs = text[text.index("Outputs:") :]
+    assert "join_order" in outputs and all(f'"{step.name}"' in outputs for step in plan)
 
 
 def test_machines_only_up_again_and_destroy(libvirtd, make_stack, tmp_path):
@@ -119,3 +137,7 @@ def test_built_engine_reports_versions_and_finds_plugins_locally():
     assert run("version").strip().startswith("v3.")
     rows = [line.split()[:3] for line in run("plugin", "ls").splitlines()]
     assert ["libvirt", "resource", "0.5.4"] in rows, rows
+    assert ["command", "resource", "1.2.1"] in rows, rows
+    # upstream's language host answers `pulumi about` (ours could not)
+    about = [line.split() for line in run("about").splitlines()]
+    assert ["language", "python", "3.259.0"] in about, about

@@ -10,7 +10,8 @@ harness config and, step by step in plan order, runs exactly what the chain regi
 - every other step (a local.Command): its shell string, run with `sh -c` in the project directory
   (where the provider runs, so `.venv/bin/lab` and `--stack dev`'s Pulumi.dev.yaml resolve), in
   the harness's host namespace;
-- then what `pulumi destroy` runs: the joins' delete commands (`lab leave NODE`), in reverse.
+- then, with the config edited down to one control plane, what `pulumi up` (or `pulumi destroy`)
+  runs: the joins' delete commands (`lab leave NODE --address ...`), in reverse.
 
 etcd, SSH, sudo and the network are real; kubeadm and cloud-init are the stand-ins of standin.py.
 """
@@ -22,6 +23,8 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+
+import yaml
 
 from lab.config import load_config, stack_overrides
 from lab.infra.chain import KUBECONFIG_COMMAND, LabInvocation, step_commands
@@ -112,9 +115,15 @@ def test_chain_runs_its_own_commands_then_destroy(make_harness: Callable[..., Ha
     run(f"{plan[0].name} again", init.create, init.on_first)
     assert sorted(m["ID"] for m in lab.members()) == ids
 
-    # `pulumi destroy`: the joins' delete commands, dependents first (workers, cp3, cp2)
+    # Scale down to one control plane by editing the config, then what `pulumi up` runs: the
+    # removed joins' stored delete commands, dependents first (workers, cp3, cp2). They were
+    # registered before the edit and must not need the config to know their node.
     deletes = [(s.name, d) for s in plan if (d := step_commands(s, cfg, invocation).delete)]
     assert [name for name, _ in reversed(deletes)] == ["worker1-join", "cp3-join", "cp2-join"]
+    edited = yaml.safe_load(lab.config_path.read_text())
+    edited["control_plane"]["count"], edited["workers"]["count"] = 1, 0
+    lab.config_path.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert [n.name for n in build_topology(load_config(lab.config_path)).nodes] == ["cp1"]
     for name, delete in reversed(deletes):
         run(f"{name} (delete)", delete, remote=False)
     assert lab.voters() == ["cp1"] and not lab.learners()

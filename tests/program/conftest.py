@@ -7,6 +7,7 @@ ComponentResource is recorded as edges to its custom-resource children.
 
 from __future__ import annotations
 
+import asyncio
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Resource:
     custom: bool
     inputs: dict[str, Any]
     secret_outputs: set[str]
+    delete_before_replace: bool
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RecordingMonitor(MockMonitor):
             custom=request.custom,
             inputs=json_format.MessageToDict(request.object),
             secret_outputs=set(request.additionalSecretOutputs),
+            delete_before_replace=request.deleteBeforeReplace,
         )
         return super().RegisterResource(request)
 
@@ -92,6 +95,8 @@ def run_program(tmp_path: Path):
     """run_program(extra_yaml, **stack_config) -> Graph of what the program registered."""
 
     def run(extra_yaml: str = "", **stack_config: str) -> Graph:
+        # Pulumi's mocks use the thread's current loop, which an earlier asyncio.run() unsets.
+        asyncio.set_event_loop(asyncio.new_event_loop())
         image = tmp_path / "image.qcow2"
         image.write_bytes(b"not a real image")
         cfg = tmp_path / "cluster.yaml"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
+from lab import cli
+from lab.config import load_config
 from tests.program.conftest import Graph, is_secret
 
 MACHINE_PARTS = {"disk", "cloudinit", "domain"}
@@ -80,13 +84,42 @@ def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -
     tail = f"--config {tmp_path / 'cluster.yaml'} --stack dev"
     assert g.input("cp1-gate", "create") == f".venv/bin/lab gate --voters 1 {tail}"
     assert g.input("cp2-join", "create") == f".venv/bin/lab join cp2 {tail}"
-    assert g.input("cp2-join", "delete") == f".venv/bin/lab leave cp2 {tail}"
+    host_key = (tmp_path / "state" / "hosts" / "cp2.pub").read_text().strip()
+    assert g.input("cp2-join", "delete") == (
+        f".venv/bin/lab leave cp2 --address 10.30.0.12 --role control-plane"
+        f" --host-key '{host_key}' {tail}"
+    )
+    assert g.input("worker1-join", "delete").startswith(
+        ".venv/bin/lab leave worker1 --address 10.30.0.21 --role worker --host-key"
+    )
     assert g.input("cp3-gate", "create") == f".venv/bin/lab gate --voters 3 {tail}"
     assert g.input("verify", "create") == f".venv/bin/lab verify --wait {tail}"
     assert g.input("verify", "delete") is None
     init = g.input("cp1-init", "create")
     assert "kubeadm init --config /etc/kubernetes/lab/init.yaml --upload-certs" in init
     assert init.index("cloud-init status --wait") < init.index("kubeadm init")
+
+
+def test_a_joins_delete_names_its_node_whatever_the_config_says_later(
+    run_program, tmp_path
+) -> None:
+    """Pulumi runs a removed join's stored delete after the config dropped the node: the command
+    itself must say which node (address, role, host key) for `lab leave` to find it."""
+    g = run_program()
+    args = cli.parser().parse_args(shlex.split(g.input("cp3-join", "delete"))[1:])
+    scaled_down = load_config(tmp_path / "cluster.yaml", {"control_planes": "1", "workers": "0"})
+    node = cli.leaving_node(scaled_down, args)
+    assert (node.name, str(node.address), node.role) == ("cp3", "10.30.0.13", "control-plane")
+    assert args.host_key == (tmp_path / "state" / "hosts" / "cp3.pub").read_text().strip()
+
+
+def test_a_rebuilt_machine_leaves_before_it_joins_again(run_program) -> None:
+    g = run_program()
+    joins = [n for n in g.resources if n.endswith("-join")]
+    assert joins and all(g.resources[n].delete_before_replace for n in joins)
+    assert all(g.input(n, "triggers") for n in joins)  # the machine's domain id
+    libvirt_objects = [r for r in g.resources.values() if r.type.startswith("libvirt:index/")]
+    assert libvirt_objects and all(r.delete_before_replace for r in libvirt_objects)
 
 
 def test_ssh_pins_the_host_key_and_secrets_stay_secret(run_program, tmp_path) -> None:

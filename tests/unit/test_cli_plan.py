@@ -1,4 +1,5 @@
-"""`lab plan`: the join order from the config alone, in three formats; exit 2 on a bad config."""
+"""The `lab` command line: `lab plan` from the config alone, in three formats, and exit 2 with
+the reason on bad input (a bad config, an unknown node) before anything runs."""
 
 from __future__ import annotations
 
@@ -70,3 +71,13 @@ def test_plan_applies_stack_overrides(tmp_path: Path) -> None:
     )
     steps = [s["step"] for s in json.loads(out.stdout)["steps"]]
     assert steps[-2:] == ["cp3-gate", "verify"]
+
+
+def test_leave_refuses_an_unknown_node_or_half_an_identity_before_touching_anything() -> None:
+    unknown = lab("leave", "cp9")
+    assert unknown.returncode == 2
+    assert "unknown node 'cp9'; this config has cp1, cp2, cp3, worker1, worker2" in unknown.stderr
+    half = lab("leave", "cp9", "--address", "10.30.0.19")
+    assert half.returncode == 2 and "give --address and --role together" in half.stderr
+    bad = lab("leave", "cp9", "--address", "10.30.0.300", "--role", "control-plane")
+    assert bad.returncode == 2 and "invalid IPv4Address value" in bad.stderr

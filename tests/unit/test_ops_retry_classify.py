@@ -52,10 +52,13 @@ def run_retry(outcomes: list[Exception | None]) -> tuple[list[str], Attempt | Ex
     async def go() -> Attempt:
         return await retry(attempt, FAST, retry_on=(OSError,), undo=undo, say=log.append)
 
+    loop = asyncio.new_event_loop()  # not asyncio.run: it would unset the thread's loop
     try:
-        return log, asyncio.run(go())
+        return log, loop.run_until_complete(go())
     except Exception as e:
         return log, e
+    finally:
+        loop.close()
 
 
 def test_retry_undoes_each_failure_and_returns_the_attempt_that_held() -> None:
