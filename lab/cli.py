@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.config import DEFAULT_CONFIG, ConfigError, LabConfig, load_config, stack_overrides
-from lab.topology import Node, build_topology, join_plan
+from lab.topology import Node, build_topology, chain_plan
 
 if TYPE_CHECKING:
     from lab.ops.common import Session
@@ -26,7 +26,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
     """Print the join order from the config alone: no libvirt, no Pulumi engine."""
     topo = build_topology(cfg)
-    steps = join_plan(topo)
+    steps = chain_plan(cfg)
+    if not steps and args.format == "text":
+        print("kubernetes.enabled is false: machines only, no join chain")
     if args.format == "json":
         nodes = [
             {"name": n.name, "role": n.role, "address": str(n.address), "mac": n.mac}

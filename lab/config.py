@@ -9,16 +9,51 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path("config/cluster.yaml")
 UBUNTU_2404 = (
     "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"
 )
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+LIBVIRT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
+LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+NODE_CIDR_PREFIX = 24  # kube-controller-manager gives each node a /24 of the pod CIDR
+MAX_SERVICE_PREFIX = 12  # kube-apiserver refuses an IPv4 service range larger than a /12
+
+
+def _expand_home(value: Any) -> Any:
+    """`~` in a path is the user's home, as everywhere else."""
+    return Path(value).expanduser() if isinstance(value, str | Path) else value
+
+
+UserPath = Annotated[Path, BeforeValidator(_expand_home)]
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> Any:
+    """A field validator: the value must match `pattern`, which `what` describes."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not valid: use {what}")
+        return value
+
+    return check
 
 
 class ConfigError(Exception):
@@ -42,22 +77,42 @@ class Cluster(Strict):
         return v
 
 
+LIBVIRT_NAME_RULE = "1-50 letters, digits, '-', '_' or '.', starting with a letter or digit"
+
+
 class Network(Strict):
     name: str = "k8s-lab"
     cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.30.0.0/24")
     gateway: ipaddress.IPv4Address | None = None
     domain: str = "lab.local"
 
-    @model_validator(mode="after")
-    def _gateway_in_cidr(self) -> Network:
-        if self.gateway is not None and self.gateway not in self.cidr:
-            raise ValueError(f"gateway {self.gateway} is outside cidr {self.cidr}")
-        return self
+    _name = field_validator("name")(_matches(LIBVIRT_NAME, LIBVIRT_NAME_RULE))
+    _domain = field_validator("domain")(
+        _matches(DNS_NAME, "a DNS name: lowercase labels of letters, digits and '-', dot-separated")
+    )
+
+    @field_validator("gateway")
+    @classmethod
+    def _first_host(
+        cls, v: ipaddress.IPv4Address | None, info: ValidationInfo
+    ) -> ipaddress.IPv4Address | None:
+        """libvirt's NAT network always gives the host the first address of the cidr."""
+        cidr = info.data.get("cidr")
+        if v is None or cidr is None or v == cidr.network_address + 1:
+            return v
+        if v not in cidr:
+            why = f"is outside cidr {cidr}"
+        elif v in (cidr.network_address, cidr.broadcast_address):
+            kind = "network" if v == cidr.network_address else "broadcast"
+            why = f"is the {kind} address of cidr {cidr}"
+        else:
+            why = "cannot be honoured: libvirt gives the host the first address of the cidr"
+        raise ValueError(f"{v} {why}; use {cidr.network_address + 1} or leave it unset")
 
     @property
     def gateway_address(self) -> ipaddress.IPv4Address:
-        """The host's address on the lab bridge: the given gateway or the network's first host."""
-        return self.gateway or self.cidr.network_address + 1
+        """The host's address on the lab bridge: the network's first host, as libvirt sets it."""
+        return self.cidr.network_address + 1
 
 
 class Size(Strict):
@@ -97,7 +152,9 @@ class Image(Strict):
                 raise ValueError(
                     f"{v!r} is not an http(s) URL; give an http(s) URL or a local path"
                 )
-        elif not Path(v).is_file():
+            return v
+        v = str(Path(v).expanduser())
+        if not Path(v).is_file():
             raise ValueError(f"image file {v!r} does not exist; download it or give an http(s) URL")
         return v
 
@@ -117,6 +174,26 @@ class Kubernetes(Strict):
     cni: Literal["flannel", "none"] = "flannel"
     control_plane_endpoint: Endpoint = Endpoint()
 
+    @field_validator("pod_cidr")
+    @classmethod
+    def _node_subnets_fit(cls, v: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if v.prefixlen > NODE_CIDR_PREFIX:
+            raise ValueError(
+                f"{v} is smaller than the /{NODE_CIDR_PREFIX} kube-controller-manager gives each"
+                " node; use a /16 (or at least a /23)"
+            )
+        return v
+
+    @field_validator("service_cidr")
+    @classmethod
+    def _apiserver_accepts(cls, v: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if v.prefixlen < MAX_SERVICE_PREFIX:
+            raise ValueError(
+                f"{v} is larger than kube-apiserver accepts (a /{MAX_SERVICE_PREFIX} at most);"
+                " use e.g. 10.96.0.0/12"
+            )
+        return v
+
     @field_validator("version")
     @classmethod
     def _semver(cls, v: str) -> str:
@@ -129,25 +206,44 @@ class Kubernetes(Strict):
         return ".".join(self.version.split(".")[:2])
 
 
+PRIVATE_KEY_HEADER = re.compile(rb"^-----BEGIN (OPENSSH |RSA |EC |DSA )?PRIVATE KEY-----")
+
+
 class Ssh(Strict):
     user: str = "lab"
-    private_key: Path | None = None
+    private_key: UserPath | None = None
+
+    _user = field_validator("user")(
+        _matches(
+            LINUX_USER,
+            "a Linux user name: 1-32 of a-z, 0-9, '_', '-', not starting with a digit or '-'",
+        )
+    )
 
     @field_validator("private_key")
     @classmethod
-    def _exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
+    def _a_private_key(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not v.is_file():
             raise ValueError(f"{str(v)!r} does not exist; give an existing key or leave it unset")
+        head = v.read_bytes()[:100]
+        if head.startswith((b"ssh-", b"ecdsa-", b"sk-")):
+            raise ValueError(f"{str(v)!r} is a public key; give the private key (without .pub)")
+        if not PRIVATE_KEY_HEADER.match(head):
+            raise ValueError(f"{str(v)!r} is not an SSH private key (no PRIVATE KEY header)")
         return v
 
 
 class Libvirt(Strict):
     uri: str = "qemu:///system"
     pool: str = "k8s-lab"
-    pool_path: Path = Path("/var/lib/libvirt/images/k8s-lab")
+    pool_path: UserPath = Path("/var/lib/libvirt/images/k8s-lab")
     # host-passthrough is fastest; some nested-KVM hosts kill such guests (an MSR assertion in
     # qemu): "default" leaves the CPU model to libvirt.
     cpu_mode: Literal["host-passthrough", "host-model", "default"] = "host-passthrough"
+
+    _pool = field_validator("pool")(_matches(LIBVIRT_NAME, LIBVIRT_NAME_RULE))
 
 
 class Tuning(Strict):
@@ -186,7 +282,7 @@ class LabConfig(Strict):
     ssh: Ssh = Ssh()
     libvirt: Libvirt = Libvirt()
     tuning: Tuning = Tuning()
-    state_dir: Path = Path(".lab")
+    state_dir: UserPath = Path(".lab")
 
     @model_validator(mode="after")
     def _addresses_fit(self) -> LabConfig:
@@ -224,6 +320,13 @@ class LabConfig(Strict):
         if k8s.pod_cidr.overlaps(k8s.service_cidr):
             raise ValueError(
                 f"kubernetes.pod_cidr {k8s.pod_cidr} overlaps service_cidr {k8s.service_cidr}"
+            )
+        nodes = self.control_plane.count + self.workers.count
+        room = 2 ** (NODE_CIDR_PREFIX - k8s.pod_cidr.prefixlen)
+        if room < nodes:
+            raise ValueError(
+                f"kubernetes.pod_cidr {k8s.pod_cidr} has room for {room} node /{NODE_CIDR_PREFIX}s"
+                f" but the config has {nodes} nodes; use a larger range such as 10.244.0.0/16"
             )
         return self
 
@@ -290,12 +393,55 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str,
     return merged
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Refuses a key given twice in one mapping: YAML would keep only the last, silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool | None):
+                continue  # an unhashable key: SafeLoader's own error names it
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """The file's text, or a ConfigError saying where it is not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: saved as UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(
+            f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        ) from None
+
+
 def _read_yaml(path: Path, what: str, fix: str) -> Any:
     """Parsed YAML, or a ConfigError with the file, line and column of the problem."""
     try:
-        return yaml.safe_load(path.read_text())
+        text = _decode(path, path.read_bytes())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the {what} ({e.strerror}); {fix}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}:{e.again}: duplicate key {e.key!r} (first on line {e.first}); YAML would"
+            " keep only the last: remove one"
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

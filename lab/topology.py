@@ -97,6 +97,12 @@ def build_topology(cfg: LabConfig) -> Topology:
     return Topology(tuple(nodes))
 
 
+def chain_plan(cfg: LabConfig) -> list[Step]:
+    """The chain this config runs, for `lab plan` and the Pulumi program alike: none when
+    Kubernetes is off (machines only)."""
+    return join_plan(build_topology(cfg)) if cfg.kubernetes.enabled else []
+
+
 def join_plan(topo: Topology) -> list[Step]:
     """cp1 init -> gate(1) -> cp2 join -> gate(2) -> ... -> workers in parallel -> verify."""
     first = topo.first.name

@@ -1,4 +1,4 @@
-"""The kubeadm join chain: one Pulumi resource per step of lab.topology.join_plan.
+"""The kubeadm join chain: one Pulumi resource per step of lab.topology.chain_plan.
 
 cp1-init runs kubeadm on cp1 over SSH; every other step is a `lab` command run on this host, the
 same command a person would type. Pulumi decides the order; `lab` holds the logic (and the retry).
@@ -16,7 +16,7 @@ from lab import keys
 from lab.config import LabConfig
 from lab.infra.machines import Machine
 from lab.render import kubeadm
-from lab.topology import Node, Step, Topology, build_topology, join_plan
+from lab.topology import Node, Step, build_topology
 
 LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
 KUBECONFIG_COMMAND = "sudo cat /etc/kubernetes/admin.conf"  # on cp1, once cp1-init has run
@@ -90,7 +90,7 @@ class JoinChain(pulumi.ComponentResource):
     def __init__(
         self,
         cfg: LabConfig,
-        topo: Topology,
+        steps: list[Step],
         machines: dict[str, Machine],
         lab: LabInvocation,
         cp1_connection: remote.ConnectionArgs,
@@ -98,7 +98,7 @@ class JoinChain(pulumi.ComponentResource):
     ):
         super().__init__("lab:kubeadm:JoinChain", "join-chain", None, opts)
         self.steps: dict[str, pulumi.Resource] = {}
-        for step in join_plan(topo):
+        for step in steps:
             after: list[pulumi.Resource] = [self.steps[s] for s in step.after]
             triggers = None
             if step.node:
@@ -113,7 +113,7 @@ class JoinChain(pulumi.ComponentResource):
             create=KUBECONFIG_COMMAND,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.steps[f"{topo.first.name}-init"]],
+                depends_on=[self.steps[s.name] for s in steps if s.kind == "init"],
                 additional_secret_outputs=["stdout"],
             ),
         ).stdout

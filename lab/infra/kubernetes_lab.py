@@ -11,7 +11,7 @@ from lab.config import LabConfig
 from lab.infra.chain import JoinChain, LabInvocation, ssh_connection
 from lab.infra.machines import LabNetwork, Machine
 from lab.render import cloudinit
-from lab.topology import build_topology, join_plan
+from lab.topology import build_topology, chain_plan
 
 
 class KubernetesLab(pulumi.ComponentResource):
@@ -38,7 +38,8 @@ class KubernetesLab(pulumi.ComponentResource):
             self.machines[node.name] = Machine(node, net, cfg, user_data, child)
 
         self.kubeconfig: pulumi.Output[str] | None = None
-        if cfg.kubernetes.enabled:
+        steps = chain_plan(cfg)
+        if steps:
             first = topo.first
             connection = ssh_connection(
                 cfg,
@@ -47,9 +48,9 @@ class KubernetesLab(pulumi.ComponentResource):
                 pulumi.Output.secret(cfg.ssh_key_path.read_text()),
             )
             chain = JoinChain(
-                cfg, topo, self.machines, lab, connection, pulumi.ResourceOptions(parent=self)
+                cfg, steps, self.machines, lab, connection, pulumi.ResourceOptions(parent=self)
             )
             self.kubeconfig = chain.kubeconfig
         self.nodes = {n.name: str(n.address) for n in topo.nodes}
-        self.join_order = [s.name for s in join_plan(topo)] if cfg.kubernetes.enabled else []
+        self.join_order = [s.name for s in steps]
         self.register_outputs({"nodes": self.nodes})

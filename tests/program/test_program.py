@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -185,3 +186,25 @@ def test_kubeconfig_is_fetched_after_init_as_a_secret_output(run_program) -> Non
 def test_bad_config_registers_nothing(run_program) -> None:
     with pytest.raises(SystemExit, match=r"control_plane\.count: 4 is even"):
         run_program(control_planes="4")
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        "",
+        "control_plane: {count: 1}\nworkers: {count: 0}\n",
+        "control_plane: {count: 5}\nworkers: {count: 1}\n",
+        "kubernetes: {enabled: false}\n",
+    ],
+    ids=["default", "1+0", "5+1", "machines only"],
+)
+def test_lab_plan_and_the_program_agree(run_program, tmp_path, capsys, sizes) -> None:
+    """`lab plan --format json` prints exactly the steps the program registers, in its order."""
+    g = run_program(sizes)
+    assert cli.main(["plan", "--format", "json", "--config", str(tmp_path / "cluster.yaml")]) == 0
+    planned = json.loads(capsys.readouterr().out)["steps"]
+    assert [s["step"] for s in planned] == g.outputs["join_order"]
+    steps = set(g.named("command:local:Command")) | set(g.named("command:remote:Command"))
+    assert steps - {"kubeconfig"} == {s["step"] for s in planned}
+    for s in planned:
+        assert chain_deps(g, s["step"]) == set(s["after"]), s["step"]

@@ -81,3 +81,12 @@ def test_leave_refuses_an_unknown_node_or_half_an_identity_before_touching_anyth
     assert half.returncode == 2 and "give --address and --role together" in half.stderr
     bad = lab("leave", "cp9", "--address", "10.30.0.300", "--role", "control-plane")
     assert bad.returncode == 2 and "invalid IPv4Address value" in bad.stderr
+
+
+def test_plan_with_kubernetes_off_has_no_chain(tmp_path: Path) -> None:
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text("kubernetes: {enabled: false}\n")
+    out = lab("plan", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "kubernetes.enabled is false: machines only, no join chain\n"
+    assert json.loads(lab("plan", "--format", "json", "--config", str(cfg)).stdout)["steps"] == []

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lab import cli
 from lab.config import ConfigError, LabConfig, load_config, parse_config, stack_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +152,86 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         "gateway outside",
         {"network": {"gateway": "10.31.0.1"}},
         {},
-        r"network: gateway 10\.31\.0\.1 is outside cidr 10\.30\.0\.0/24",
+        r"network\.gateway: 10\.31\.0\.1 is outside cidr 10\.30\.0\.0/24; use 10\.30\.0\.1 or",
+    ),
+    (
+        "gateway is the network address",
+        {"network": {"gateway": "10.30.0.0"}},
+        {},
+        r"network\.gateway: 10\.30\.0\.0 is the network address of cidr 10\.30\.0\.0/24; use",
+    ),
+    (
+        "gateway is the broadcast address",
+        {"network": {"gateway": "10.30.0.255"}},
+        {},
+        r"network\.gateway: 10\.30\.0\.255 is the broadcast address of cidr",
+    ),
+    (
+        "gateway libvirt cannot honour",
+        {"network": {"gateway": "10.30.0.254"}},
+        {},
+        r"network\.gateway: 10\.30\.0\.254 cannot be honoured: libvirt gives the host the first"
+        r" address of the cidr; use 10\.30\.0\.1 or leave it unset",
+    ),
+    (
+        "pod CIDR smaller than a node's /24",
+        {"kubernetes": {"pod_cidr": "10.244.0.0/25"}},
+        {},
+        r"kubernetes\.pod_cidr: 10\.244\.0\.0/25 is smaller than the /24 kube-controller-manager",
+    ),
+    (
+        "pod CIDR without a /24 per node",
+        {"kubernetes": {"pod_cidr": "10.244.0.0/23"}},
+        {},
+        r"x: kubernetes\.pod_cidr 10\.244\.0\.0/23 has room for 2 node /24s but the config has 5",
+    ),
+    (
+        "service CIDR larger than kube-apiserver accepts",
+        {"kubernetes": {"service_cidr": "10.64.0.0/10"}},
+        {},
+        r"kubernetes\.service_cidr: 10\.64\.0\.0/10 is larger than kube-apiserver accepts \(a /12",
+    ),
+    (
+        "network name libvirt rejects",
+        {"network": {"name": "lab net/1"}},
+        {},
+        r"network\.name: 'lab net/1' is not valid: use 1-50 letters, digits, '-', '_' or '\.'",
+    ),
+    (
+        "pool name too long",
+        {"libvirt": {"pool": "p" * 51}},
+        {},
+        r"libvirt\.pool: 'p{51}' is not valid: use 1-50 letters",
+    ),
+    (
+        "domain DNS rejects",
+        {"network": {"domain": "Lab_Local"}},
+        {},
+        r"network\.domain: 'Lab_Local' is not valid: use a DNS name",
+    ),
+    (
+        "domain label too long",
+        {"network": {"domain": "a" * 64 + ".local"}},
+        {},
+        r"network\.domain: 'a{64}\.local' is not valid: use a DNS name",
+    ),
+    (
+        "cluster name too long",
+        {"cluster": {"name": "k" * 33}},
+        {},
+        r"cluster\.name: must be a DNS label",
+    ),
+    (
+        "ssh user the node cannot have",
+        {"ssh": {"user": "Lab User"}},
+        {},
+        r"ssh\.user: 'Lab User' is not valid: use a Linux user name",
+    ),
+    (
+        "ssh user starting with a digit",
+        {"ssh": {"user": "1lab"}},
+        {},
+        r"ssh\.user: '1lab' is not valid",
     ),
     (
         "address outside CIDR",
@@ -188,6 +268,18 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         {"kubernetes": {"control_plane_endpoint": {"vip": "10.30.0.12"}}},
         {},
         r"kubernetes\.control_plane_endpoint\.vip 10\.30\.0\.12 is already used by cp2's default",
+    ),
+    (
+        "VIP on the gateway",
+        {"kubernetes": {"control_plane_endpoint": {"vip": "10.30.0.1"}}},
+        {},
+        r"kubernetes\.control_plane_endpoint\.vip 10\.30\.0\.1 is already used by network\.gateway",
+    ),
+    (
+        "two nodes pinned to one address",
+        {"nodes": {"worker1": {"address": "10.30.0.40"}, "worker2": {"address": "10.30.0.40"}}},
+        {},
+        r"nodes\.worker2\.address 10\.30\.0\.40 is already used by nodes\.worker1\.address",
     ),
     (
         "unknown CNI",
@@ -280,6 +372,100 @@ def test_bad_config_names_the_field_and_the_fix(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, "x", overrides)
+
+
+# Files that are refused before their values are read: (id, bytes, message).
+BAD_FILES: list[tuple[str, bytes, str]] = [
+    (
+        "UTF-16",
+        "workers:\n  count: 1\n".encode("utf-16"),
+        r"cluster\.yaml: saved as UTF-16; save it as UTF-8",
+    ),
+    (
+        "a Latin-1 byte in a comment",
+        b"# caf\xe9\nworkers:\n  count: 1\n",
+        r"cluster\.yaml:1:6: not UTF-8 \(byte 0xe9\); save it as UTF-8",
+    ),
+    (
+        "duplicate top-level key",
+        b"workers:\n  count: 1\ncluster:\n  name: a\nworkers:\n  count: 2\n",
+        r"cluster\.yaml:5: duplicate key 'workers' \(first on line 1\); YAML would keep only the",
+    ),
+    (
+        "duplicate key in a section",
+        b"control_plane:\n  count: 3\n  cpus: 2\n  count: 1\n",
+        r"cluster\.yaml:4: duplicate key 'count' \(first on line 2\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"), [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES]
+)
+def test_bad_file_names_the_file_the_line_and_the_fix(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_ssh_key_must_be_a_private_key(tmp_path: Path) -> None:
+    public = tmp_path / "id_ed25519.pub"
+    public.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq lab@host\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a key\n")
+    private = tmp_path / "id_ed25519"
+    private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn...\n")
+    for path, message in (
+        (public, r"ssh\.private_key: '.*id_ed25519\.pub' is a public key; give the private key"),
+        (notes, r"ssh\.private_key: '.*notes\.txt' is not an SSH private key"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"ssh": {"private_key": str(path)}}, "x")
+    assert parse_config({"ssh": {"private_key": str(private)}}, "x").ssh.private_key == private
+
+
+def test_tilde_is_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "noble.img").write_bytes(b"qcow")
+    cfg = parse_config(
+        {
+            "ssh": {"private_key": "~/.ssh/id_ed25519"},
+            "image": {"source": "~/noble.img"},
+            "libvirt": {"pool_path": "~/pool"},
+            "state_dir": "~/state",
+        },
+        "x",
+    )
+    assert cfg.ssh_key_path == tmp_path / ".ssh" / "id_ed25519"
+    assert cfg.image.source == str(tmp_path / "noble.img")
+    assert cfg.libvirt.pool_path == tmp_path / "pool" and cfg.state_dir == tmp_path / "state"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only comments\n# cluster:\n#   name: x\n"])
+def test_an_empty_file_or_only_comments_means_the_defaults(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    assert load_config(path) == LabConfig()
+
+
+def test_every_bad_input_exits_2_with_one_line_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lab plan` (the first thing a user runs) on each bad file of the tables above."""
+    cases = [(name, yaml.safe_dump(raw).encode(), msg) for name, raw, o, msg in BAD if not o]
+    for name, data, message in [*cases, *BAD_FILES]:
+        path = tmp_path / "cluster.yaml"
+        path.write_bytes(data)
+        assert cli.main(["plan", "--config", str(path)]) == 2, name
+        out, err = capsys.readouterr()
+        assert out == "", name
+        assert len(err.strip().splitlines()) == 1, f"{name}: {err}"
+        assert re.search(message.removeprefix("x: "), err), f"{name}: {err}"
 
 
 def test_bad_yaml_names_the_file_and_line(tmp_path: Path) -> None:
