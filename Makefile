@@ -13,13 +13,13 @@ UNIT_DEBS        := cloud-init genisoimage
 INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps
 ENGINE_DEBS      := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base genisoimage iproute2
 
-.PHONY: help venv up down preview plan diagnose verify engine lint test test-unit test-program \
+.PHONY: help venv up down preview plan diagnose verify engine image image-check lint test test-unit test-program \
         test-integration test-engine bench clean
 
 help:
 	@echo "make up        set up and run pulumi up (dev stack, local state)"
 	@echo "make test      set up and run every test tier"
-	@echo "make preview | down | plan | diagnose | verify | engine | lint | bench"
+	@echo "make preview | down | plan | diagnose | verify | engine | image | lint | bench"
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -54,10 +54,20 @@ verify: venv
 engine:
 	engine/build.sh
 
+# The node image, offline: Debian's packages + Kubernetes built from Go modules (image/README.md).
+IMAGE_DEBS := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils
+image:
+	scripts/apt-ensure $(IMAGE_DEBS)
+	image/build.sh
+
+image-check: image
+	scripts/apt-ensure qemu-system-x86 genisoimage
+	image/check.sh
+
 # --- tests ---------------------------------------------------------------------------------
 lint: venv
-	$(VENV)/bin/ruff check lab tests benchmarks __main__.py
-	$(VENV)/bin/ruff format --check lab tests benchmarks __main__.py
+	$(VENV)/bin/ruff check lab tests benchmarks image __main__.py
+	$(VENV)/bin/ruff format --check lab tests benchmarks image __main__.py
 	$(VENV)/bin/mypy
 
 test: lint test-unit test-program test-integration test-engine
