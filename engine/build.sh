@@ -5,8 +5,8 @@
 #   sources copied into engine/third_party (the module proxy does not serve them).
 #
 # Cached: each binary has a stamp (.tools/stamps/NAME) holding its version and
-# a hash of its wrapper module (go.mod, go.sum, sources). A binary whose stamp
-# matches is not rebuilt, so a second run does nothing.
+# a hash of its source folder (every file in it but the generated schema.json). A
+# binary whose stamp matches is not rebuilt, so a second run does nothing.
 #
 # Usage: engine/build.sh [NAME...]   (default: all)
 set -euo pipefail
@@ -37,9 +37,10 @@ export GOFLAGS="-mod=readonly -trimpath" GOTOOLCHAIN=local CGO_ENABLED=0
 
 mkdir -p "$bin" "$stamps" "$work"
 
-# wrapper_hash DIR: hash of what decides the build (generated schema.json excluded).
+# wrapper_hash DIR: hash of what decides the build: every file, embedded ones (go:embed
+# of *.md) and the exec script included; the libvirt schema.json is generated, so left out.
 wrapper_hash() {
-  (cd "$1" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' -o -name '*-exec' \) -print0 \
+  (cd "$1" && find . -type f ! -path ./cmd/pulumi-resource-libvirt/schema.json -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 
