@@ -180,8 +180,15 @@ def test_2_a_second_up_changes_nothing(chain: Chain) -> None:
     chain.assert_voters("cp1", "cp2", "cp3")
 
 
-def test_3_scale_down_by_stack_config_leaves_newest_first(chain: Chain) -> None:
-    chain.stack.config({"lab:control_planes": "1", "lab:workers": "0"})
+def set_workers_in_the_config_file(chain: Chain, count: int) -> None:
+    cluster = yaml.safe_load(chain.harness.config_path.read_text())
+    cluster["workers"]["count"] = count
+    chain.harness.config_path.write_text(yaml.safe_dump(cluster, sort_keys=False))
+
+
+def test_3_scale_down_by_stack_config_and_config_file_leaves_newest_first(chain: Chain) -> None:
+    chain.stack.config({"lab:control_planes": "1"})
+    set_workers_in_the_config_file(chain, 0)
     out, events = chain.up()
     leaves = [n for n in events.ran(DELETE) if n.endswith("-join")]
     assert leaves == ["worker1-join", "cp3-join", "cp2-join"], events.rows
@@ -202,7 +209,8 @@ def test_4_a_join_that_keeps_failing_stops_the_chain_and_leaves_etcd_as_it_was(
     chain: Chain,
 ) -> None:
     chain.harness.nodes["cp2"].block_port(2380)
-    chain.stack.config({"lab:control_planes": "3", "lab:workers": "1"})
+    chain.stack.config({"lab:control_planes": "3"})
+    set_workers_in_the_config_file(chain, 1)
     out, events = chain.up(check=False)
     assert out.returncode != 0
     assert "cp2 did not join after" in out.stdout and "recommendation: network" in out.stdout
