@@ -119,10 +119,13 @@ build_rootfs() {
 
 # On any exit: stop the build's containerd, unmount, free the loop device.
 cleanup_disk() {
-  [ -f "$mnt/run/build-containerd.pid" ] && kill "$(cat "$mnt/run/build-containerd.pid")" 2>/dev/null
-  for m in dev/pts dev proc sys run ""; do umount -l "$mnt/$m" 2>/dev/null; done
-  [ -z "$loop" ] || losetup -d "$loop" 2>/dev/null
-  return 0
+  if [ -f "$mnt/run/build-containerd.pid" ]; then
+    kill "$(cat "$mnt/run/build-containerd.pid")" 2>/dev/null || true
+  fi
+  for m in dev/pts dev proc sys run ""; do
+    if mountpoint -q "$mnt/$m"; then umount -l "$mnt/$m" || true; fi
+  done
+  if [ -n "$loop" ]; then losetup -d "$loop" || true; fi
 }
 mnt=$work/mnt loop=
 
