@@ -7,7 +7,7 @@
 #                 kubelet unit, modules and sysctls kubeadm's preflight wants, our binaries
 #   4. disk       a bootable disk (extlinux), the archives imported into containerd's store at
 #                 build time (a node pulls and imports nothing), as qcow2 + manifest.json
-# Output: .lab/images/k8s-node-v$KUBERNETES.qcow2 and .lab/images/manifest.json.
+# Output: .lab/images/k8s-node-v$KUBERNETES.qcow2, manifest.json, and vmlinuz (its kernel).
 # Each stage has a stamp (the hash of its inputs): a second run with nothing changed skips all.
 #
 # Usage: image/build.sh        (root: mmdebstrap, loop devices, chroot)
@@ -163,6 +163,8 @@ LABEL debian
   APPEND root=LABEL=root ro console=ttyS0 net.ifnames=0
 EOF
   extlinux --install "$mnt/boot/extlinux" >/dev/null
+  # The kernel, also beside the image: `libvirt.domain_type: auto` boots it under KVM to probe.
+  cp "$(ls "$mnt"/boot/vmlinuz-* | head -n1)" "$out/vmlinuz"
   echo "LABEL=root / ext4 defaults 0 1" >"$mnt/etc/fstab"
   umount "$mnt"
   losetup -d "$loop" && loop=

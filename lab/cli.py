@@ -64,14 +64,16 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(cfg: LabConfig, args: argparse.Namespace) -> int:
-    """Check this host before `pulumi up`: libvirt, KVM, the ISO tool."""
+    """Check this host before `pulumi up`: libvirt, the ISO tool, and KVM or emulation."""
+    from lab.domain_type import choose
     from lab.preflight import host_problems
 
+    print(f"preflight: {choose(cfg)}")
     problems = host_problems(cfg)
     for p in problems:
         print(f"lab: {p}", file=sys.stderr)
     if not problems:
-        print("preflight: libvirt, KVM and genisoimage are ready")
+        print("preflight: libvirt and genisoimage are ready")
     return EXIT_FAILED if problems else EXIT_OK
 
 

@@ -242,6 +242,8 @@ class Libvirt(Strict):
     # host-passthrough is fastest; some nested-KVM hosts kill such guests (an MSR assertion in
     # qemu): "default" leaves the CPU model to libvirt.
     cpu_mode: Literal["host-passthrough", "host-model", "default"] = "host-passthrough"
+    # kvm, or qemu (software emulation) where KVM cannot run a Linux guest; auto probes once.
+    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
 
     _pool = field_validator("pool")(_matches(LIBVIRT_NAME, LIBVIRT_NAME_RULE))
 
@@ -374,6 +376,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "image": ("image", "source"),
     "libvirt_uri": ("libvirt", "uri"),
     "cpu_mode": ("libvirt", "cpu_mode"),
+    "domain_type": ("libvirt", "domain_type"),
 }
 
 

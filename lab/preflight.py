@@ -43,10 +43,10 @@ def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm")) -> list[str]:
     problems = []
     if (p := libvirt_socket_problem(cfg.libvirt.uri)) is not None:
         problems.append(p)
-    if not kvm.exists():
+    if cfg.libvirt.domain_type == "kvm" and not kvm.exists():
         problems.append(
             f"KVM is not available ({kvm} is missing): enable virtualisation in the firmware"
-            " and load kvm_intel or kvm_amd"
+            " and load kvm_intel or kvm_amd, or set libvirt.domain_type to auto or qemu"
         )
     if not (shutil.which("genisoimage") or shutil.which("mkisofs")):
         problems.append(

@@ -8,6 +8,7 @@ import pulumi_libvirt as libvirt
 
 from lab import keys
 from lab.config import LabConfig
+from lab.domain_type import choose as choose_domain_type
 from lab.infra.chain import JoinChain, LabInvocation, ssh_connection
 from lab.infra.machines import LabNetwork, Machine
 from lab.render import cloudinit
@@ -27,6 +28,8 @@ class KubernetesLab(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, providers=[provider])
         net = LabNetwork("lab-network", cfg, topo, child)
 
+        domain_type = choose_domain_type(cfg)
+        pulumi.log.info(str(domain_type))
         user_key = keys.ensure_user_key(cfg.ssh_key_path)
         self.machines: dict[str, Machine] = {}
         for node in topo.nodes:
@@ -35,7 +38,7 @@ class KubernetesLab(pulumi.ComponentResource):
             user_data = pulumi.Output.secret(
                 cloudinit.user_data(cfg, topo, node, user_key=user_key, host_key=host_key)
             )
-            self.machines[node.name] = Machine(node, net, cfg, user_data, child)
+            self.machines[node.name] = Machine(node, net, cfg, user_data, domain_type.type, child)
 
         self.kubeconfig: pulumi.Output[str] | None = None
         steps = chain_plan(cfg)

@@ -71,6 +71,7 @@ class Machine(pulumi.ComponentResource):
         net: LabNetwork,
         cfg: LabConfig,
         user_data: pulumi.Input[str],
+        domain_type: str,
         opts: pulumi.ResourceOptions,
     ):
         super().__init__("lab:libvirt:Machine", node.name, None, opts)
@@ -98,6 +99,7 @@ class Machine(pulumi.ComponentResource):
         self.domain = libvirt.Domain(
             f"{node.name}-domain",
             name=name,
+            type=domain_type,
             vcpu=node.cpus,
             memory=node.memory_mib,
             autostart=True,

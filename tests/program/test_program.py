@@ -208,3 +208,9 @@ def test_lab_plan_and_the_program_agree(run_program, tmp_path, capsys, sizes) ->
     assert steps - {"kubeconfig"} == {s["step"] for s in planned}
     for s in planned:
         assert chain_deps(g, s["step"]) == set(s["after"]), s["step"]
+
+
+def test_the_domain_type_reaches_every_domain(run_program) -> None:
+    g = run_program("libvirt: {domain_type: qemu}\n")
+    domains = g.named("libvirt:index/domain:Domain")
+    assert domains and {g.input(d, "type") for d in domains} == {"qemu"}

@@ -28,9 +28,12 @@ def test_present_socket_explicit_socket_and_remote_uris(tmp_path: Path) -> None:
 def test_host_problems_lists_kvm(tmp_path: Path) -> None:
     sock = tmp_path / "sock"
     sock.touch()
-    cfg = parse_config({"libvirt": {"uri": f"qemu+unix:///system?socket={sock}"}}, "x")
+    uri = f"qemu+unix:///system?socket={sock}"
+    cfg = parse_config({"libvirt": {"uri": uri, "domain_type": "kvm"}}, "x")
     problems = host_problems(cfg, kvm=tmp_path / "kvm")
     assert any(
         p.startswith(f"KVM is not available ({tmp_path / 'kvm'} is missing)") for p in problems
     )
-    assert not any("libvirt" in p for p in problems)
+    assert not any("libvirt" in p.split(":")[0] for p in problems)
+    emulation = parse_config({"libvirt": {"uri": uri}}, "x")  # auto: software emulation
+    assert not any("KVM" in p for p in host_problems(emulation, kvm=tmp_path / "kvm"))
