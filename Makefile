@@ -12,14 +12,16 @@ export LAB_STACK := $(STACK)
 UNIT_DEBS        := cloud-init genisoimage
 INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps
 ENGINE_DEBS      := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base genisoimage iproute2
+IMAGE_DEBS       := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils
 
 .PHONY: help venv up down preview plan diagnose verify engine image image-check lint test test-unit test-program \
-        test-integration test-engine bench clean
+        test-integration test-engine test-e2e bench clean
 
 help:
 	@echo "make up        set up and run pulumi up (dev stack, local state)"
 	@echo "make test      set up and run every test tier"
 	@echo "make preview | down | plan | diagnose | verify | engine | image | lint | bench"
+	@echo "then: .venv/bin/lab kubectl get nodes | lab ssh cp1 -- CMD | lab diagnose"
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,17 +32,25 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 venv: $(VENV)/.installed
 
 # --- the lab -------------------------------------------------------------------------------
-up: venv
-	scripts/apt-ensure genisoimage
+# Where the host runs no libvirtd, `lab libvirtd start` starts the lab's own in a network
+# namespace; `lab libvirtd exec` runs pulumi there (other `lab` commands enter it by themselves).
+LIBVIRT_DEBS := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
+                genisoimage iproute2 util-linux
+IN_LAB := $(LAB) libvirtd exec --stack $(STACK) --
+
+up: venv image engine
+	scripts/apt-ensure $(LIBVIRT_DEBS)
+	$(LAB) libvirtd start --stack $(STACK)
 	$(LAB) preflight --stack $(STACK)
-	scripts/pulumi up --yes --stack $(STACK)
+	$(IN_LAB) scripts/pulumi up --yes --stack $(STACK)
 
 preview: venv
 	$(LAB) preflight --stack $(STACK)
-	scripts/pulumi preview --stack $(STACK)
+	$(IN_LAB) scripts/pulumi preview --stack $(STACK)
 
 down: venv
-	scripts/pulumi destroy --yes --stack $(STACK)
+	$(IN_LAB) scripts/pulumi destroy --yes --stack $(STACK)
+	$(LAB) libvirtd stop --stack $(STACK)
 
 plan: venv
 	$(LAB) plan --stack $(STACK)
@@ -55,7 +65,6 @@ engine:
 	engine/build.sh
 
 # The node image, offline: Debian's packages + Kubernetes built from Go modules (image/README.md).
-IMAGE_DEBS := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils
 image:
 	scripts/apt-ensure $(IMAGE_DEBS)
 	image/build.sh
@@ -70,7 +79,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check lab tests benchmarks image __main__.py
 	$(VENV)/bin/mypy
 
-test: lint test-unit test-program test-integration test-engine
+test: lint test-unit test-program test-integration test-engine test-e2e
 
 test-unit: venv
 	scripts/apt-ensure $(UNIT_DEBS)
@@ -86,6 +95,11 @@ test-integration: venv
 test-engine: venv engine
 	scripts/apt-ensure $(ENGINE_DEBS)
 	$(PY) -m pytest tests/engine
+
+# A real cluster (1 control plane + 1 worker) from the node image, under software emulation.
+test-e2e: venv engine image
+	scripts/apt-ensure $(ENGINE_DEBS)
+	$(PY) -m pytest -s tests/e2e
 
 # Speed figures live here, not in tests: lab join vs the seed's strategy, diagnose in parallel.
 bench: venv

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the lab's node image offline, from Debian's packages and Go modules only:
 #   1. binaries   kubeadm, kubelet, kubectl, the control-plane servers, kube-proxy, etcd,
-#                 CoreDNS and pause, from the wrapper modules in image/go (committed go.sum)
+#                 CoreDNS, pause, flanneld and flannel's CNI plugin, from the wrapper modules in
+#                 image/go (committed go.sum)
 #   2. archives   a docker archive per container image, tagged as kubeadm expects them
 #   3. rootfs     Debian 13 (mmdebstrap): containerd, runc, CNI plugins, cloud-init, sshd, the
 #                 kubelet unit, modules and sysctls kubeadm's preflight wants, our binaries
@@ -21,7 +22,11 @@ bin=$work/bin
 
 # Versions: Kubernetes from the wrapper module; the rest as kubeadm v1.34 expects them
 # (cmd/kubeadm/app/constants).
-kubernetes=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$src/go/kubernetes/go.mod")
+# required DIR MODULE: the version image/go/DIR/go.mod requires of MODULE.
+required() { awk -v m="$2" '($1 == "require" && $2 == m) || $1 == m {print ($1 == m ? $2 : $3)}' "$src/go/$1/go.mod"; }
+kubernetes=$(required kubernetes k8s.io/kubernetes)
+flannel=$(required flannel github.com/flannel-io/flannel)
+[ -n "$kubernetes" ] && [ -n "$flannel" ] || { echo "image: no version in image/go/*/go.mod" >&2; exit 1; }
 etcd_tag=3.6.5-0
 coredns_tag=v1.12.1
 pause_tag=3.10.1
@@ -43,7 +48,7 @@ slim=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/sha
 # inputs_hash PATH...: what decides a stage (files under the paths, and the versions).
 inputs_hash() {
   { find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-    echo "$kubernetes $etcd_tag $coredns_tag $pause_tag $suite"; } | sha256sum | cut -d' ' -f1
+    echo "$kubernetes $etcd_tag $coredns_tag $pause_tag $flannel $suite"; } | sha256sum | cut -d' ' -f1
 }
 
 # stage NAME FUNCTION INPUT...: run FUNCTION unless its stamp matches the inputs' hash.
@@ -78,9 +83,13 @@ build_binaries() {
   (cd "$src/go/etcd" && go build -ldflags "-s -w" -o "$bin/etcd" .)
   (cd "$src/go/coredns" && go build -ldflags "-s -w" -o "$bin/coredns" github.com/coredns/coredns)
   (cd "$src/go/pause" && go build -ldflags "-s -w" -o "$bin/pause" .)
+  (cd "$src/go/flannel" && go build -ldflags "-s -w" -o "$bin/flanneld" .)
+  (cd "$src/go/cni" && go build -ldflags "-s -w" -o "$bin/cni-flannel" \
+    github.com/containernetworking/plugins/plugins/meta/flannel)
 }
 
-# kube-proxy calls iptables/nft, conntrack and ipset: its image has a small Debian root under it.
+# kube-proxy and flanneld call iptables/nft, conntrack and ipset: their images have a small Debian
+# root under the binary. flanneld's image is ours (localhost/...): pods run it with pullPolicy Never.
 build_archives() {
   local a=$work/archives r=registry.k8s.io
   mmdebstrap --variant=essential --include=iptables,nftables,conntrack,ipset,kmod \
@@ -92,6 +101,8 @@ build_archives() {
   done
   python3 "$src/archive.py" "$a/kube-proxy.tar" "$r/kube-proxy:$kubernetes" \
     --base "$work/proxy-root.tar" --file "/usr/local/bin/kube-proxy=$bin/kube-proxy"
+  python3 "$src/archive.py" "$a/flanneld.tar" "localhost/k8s-libvirt-lab/flanneld:$flannel" \
+    --base "$work/proxy-root.tar" --file "/usr/local/bin/flanneld=$bin/flanneld"
   python3 "$src/archive.py" "$a/etcd.tar" "$r/etcd:$etcd_tag" --file "/usr/local/bin/etcd=$bin/etcd"
   python3 "$src/archive.py" "$a/coredns.tar" "$r/coredns/coredns:$coredns_tag" \
     --entrypoint /coredns --file "/coredns=$bin/coredns"
@@ -102,7 +113,8 @@ build_archives() {
 packages=(
   linux-image-cloud-amd64 systemd-sysv systemd-resolved netplan.io cloud-init openssh-server
   qemu-guest-agent sudo ca-certificates extlinux containerd runc containernetworking-plugins
-  conntrack socat iptables ebtables ethtool ipset kmod
+  conntrack socat iptables ebtables ethtool ipset kmod keepalived haproxy
+  cloud-guest-utils
 )
 
 build_rootfs() {
@@ -111,6 +123,7 @@ build_rootfs() {
   mmdebstrap --variant=important --include="$packed" "${slim[@]}" \
     --customize-hook="tar -C '$src/rootfs' -c . | tar -C \"\$1\" -x --no-same-owner" \
     --customize-hook="install -m 0755 '$bin/kubeadm' '$bin/kubelet' '$bin/kubectl' \"\$1/usr/bin/\"" \
+    --customize-hook="install -m 0755 '$bin/cni-flannel' \"\$1/usr/lib/cni/flannel\"" \
     --customize-hook='chroot "$1" systemctl enable kubelet.service containerd.service' \
     --customize-hook='mkdir -p "$1/etc/containerd" && chroot "$1" containerd config default >"$1/etc/containerd/config.toml"' \
     --customize-hook="sed -i -e 's/SystemdCgroup = false/SystemdCgroup = true/' -e 's#sandbox_image = .*#sandbox_image = \"registry.k8s.io/pause:$pause_tag\"#' \"\$1/etc/containerd/config.toml\"" \

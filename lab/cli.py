@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
                 print(f"  {s.node}-machine --> {s.name}")
     else:
         for i, s in enumerate(steps, 1):
-            what = " ".join(("lab", *s.lab_args)) if s.lab_args else f"kubeadm init on {s.node}"
+            what = " ".join(("lab", *s.lab_args))
             after = [*s.after, *([f"{s.node} machine"] if s.node else [])]
             print(f"{i:2}. {s.name:<16} {what:<28} after: {', '.join(after)}")
     return EXIT_OK
@@ -73,7 +74,7 @@ def cmd_preflight(cfg: LabConfig, args: argparse.Namespace) -> int:
     for p in problems:
         print(f"lab: {p}", file=sys.stderr)
     if not problems:
-        print("preflight: libvirt and genisoimage are ready")
+        print("preflight: libvirt, the node image and genisoimage are ready")
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -206,6 +207,82 @@ def cmd_leave(cfg: LabConfig, args: argparse.Namespace) -> int:
     return _operate(cfg, body, host_keys=host_keys, changes_members=f"leave {node.name}")
 
 
+def cmd_init(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.init import init
+
+    async def body(session: Session) -> int:
+        await init(session)
+        return EXIT_OK
+
+    return _operate(cfg, body, changes_members="init")
+
+
+def cmd_ssh(cfg: LabConfig, args: argparse.Namespace) -> int:
+    """Run a command on a node as root, over SSH with its pinned host key; exit with its status."""
+    node = build_topology(cfg).node(args.node)
+    if not args.command:
+        raise ConfigError(f"no command: lab ssh {args.node} -- CMD")
+    return _run_on(cfg, node, shlex.join(args.command))
+
+
+def cmd_kubectl(cfg: LabConfig, args: argparse.Namespace) -> int:
+    """kubectl on cp1 with the cluster's admin.conf: this host needs no kubectl or kubeconfig."""
+    from lab.ops.node import KUBECONFIG
+
+    first = build_topology(cfg).first
+    return _run_on(
+        cfg,
+        first,
+        shlex.join(["kubectl", "--kubeconfig", KUBECONFIG, *args.kubectl_args, *args.command]),
+    )
+
+
+def _run_on(cfg: LabConfig, node: Node, command: str) -> int:
+    async def body(session: Session) -> int:
+        status, out, err = await session.shell(node).run_bytes(command)
+        sys.stdout.buffer.write(out)
+        sys.stderr.buffer.write(err)
+        return status
+
+    return _operate(cfg, body)
+
+
+def cmd_libvirtd(cfg: LabConfig, args: argparse.Namespace) -> int:
+    """start: the host's libvirtd if it runs, else a private one; stop; exec CMD inside it."""
+    import os
+
+    from lab.libvirtd import LibvirtdError, for_lab, host_runs_libvirtd
+
+    daemon = for_lab(cfg.state_dir, cfg.cluster.name)
+    try:
+        if args.action == "start":
+            if daemon.pid() is not None:
+                print(f"libvirtd: the lab's private libvirtd runs (namespace {daemon.netns})")
+            elif host_runs_libvirtd():
+                print("libvirtd: this host runs libvirtd; the lab uses it")
+            else:
+                daemon.start()
+                print(
+                    f"libvirtd: this host runs no libvirtd, so the lab started its own in network"
+                    f" namespace {daemon.netns} (state in {daemon.root}); `make down` stops it"
+                )
+        elif args.action == "stop":
+            if daemon.pid() is None:
+                print("libvirtd: the lab runs no libvirtd of its own")
+            else:
+                daemon.stop()
+                print(f"libvirtd: the lab's private libvirtd is stopped ({daemon.netns} removed)")
+        else:
+            if not args.command:
+                raise ConfigError("no command: lab libvirtd exec -- CMD")
+            argv = args.command if daemon.pid() is None else daemon.command(args.command)
+            os.execvp(argv[0], argv)
+    except LibvirtdError as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = kind(text)
@@ -217,6 +294,8 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
+    i = sub.add_parser("init", parents=[common], help="kubeadm init on cp1, then the CNI")
+    i.set_defaults(func=cmd_init)
     g = sub.add_parser("gate", parents=[common], help="wait until etcd is stable with N voters")
     g.add_argument("--voters", type=_positive(int), required=True, help="expected voting members")
     g.add_argument(
@@ -253,6 +332,18 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     lv.add_argument("--role", choices=["control-plane", "worker"], help="with --address")
     lv.add_argument("--host-key", help="its SSH host public key (default: the pinned one)")
     lv.set_defaults(func=cmd_leave)
+    sh = sub.add_parser("ssh", parents=[common], help="run a command on a node: ssh NODE -- CMD")
+    sh.add_argument("node")
+    sh.set_defaults(func=cmd_ssh)
+    k = sub.add_parser(
+        "kubectl", parents=[common], help="kubectl on cp1, as the cluster admin: kubectl ARGS"
+    )
+    k.set_defaults(func=cmd_kubectl)
+    ld = sub.add_parser(
+        "libvirtd", parents=[common], help="the lab's private libvirtd, where the host runs none"
+    )
+    ld.add_argument("action", choices=["start", "stop", "exec"], help="exec: exec -- CMD")
+    ld.set_defaults(func=cmd_libvirtd)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -274,10 +365,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    from lab.libvirtd import for_lab, reenter
+
+    argv = sys.argv[1:] if argv is None else argv
+    # What follows `--` is a command to run (lab ssh, lab libvirtd exec), never lab's options.
+    split = argv.index("--") if "--" in argv else len(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv[:split])
+    if unknown and args.func is not cmd_kubectl:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.kubectl_args = unknown  # lab kubectl passes what lab does not know to kubectl
+    args.command = argv[split + 1 :]
     try:
         overrides = stack_overrides(args.stack) if args.stack else None
         cfg = load_config(args.config, overrides)
+        if args.func is not cmd_libvirtd:
+            # Where the lab runs its own libvirtd, its guests answer only inside its namespace.
+            reenter(for_lab(cfg.state_dir, cfg.cluster.name), argv)
         func: Command = args.func
         return func(cfg, args)
     except ConfigError as e:

@@ -24,9 +24,8 @@ from pydantic import (
 )
 
 DEFAULT_CONFIG = Path("config/cluster.yaml")
-UBUNTU_2404 = (
-    "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"
-)
+# The Kubernetes version the lab's node image builds (image/go/kubernetes/go.mod).
+IMAGE_KUBERNETES = "1.34.4"
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 DNS_NAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -142,11 +141,15 @@ class NodeOverride(Strict):
 
 
 class Image(Strict):
-    source: str = UBUNTU_2404
+    """The node disk image; by default the one `make image` builds for kubernetes.version."""
+
+    source: str | None = None
 
     @field_validator("source")
     @classmethod
-    def _url_or_file(cls, v: str) -> str:
+    def _url_or_file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if "://" in v:
             if not v.startswith(("http://", "https://")):
                 raise ValueError(
@@ -155,20 +158,20 @@ class Image(Strict):
             return v
         v = str(Path(v).expanduser())
         if not Path(v).is_file():
-            raise ValueError(f"image file {v!r} does not exist; download it or give an http(s) URL")
+            raise ValueError(f"image file {v!r} does not exist; build it (make image) or fix it")
         return v
 
 
 class Endpoint(Strict):
-    """Where kubeadm's controlPlaneEndpoint points: a kube-vip address, or simply cp1."""
+    """Where kubeadm's controlPlaneEndpoint points: cp1's address. (kube-vip's image cannot be
+    had offline; a VIP of keepalived and haproxy is the HA endpoint's next step.)"""
 
-    mode: Literal["kube-vip", "cp1"] = "kube-vip"
-    vip: ipaddress.IPv4Address | None = None
+    mode: Literal["cp1"] = "cp1"
 
 
 class Kubernetes(Strict):
     enabled: bool = True
-    version: str = "1.33.5"
+    version: str = IMAGE_KUBERNETES
     pod_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.244.0.0/16")
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/12")
     cni: Literal["flannel", "none"] = "flannel"
@@ -298,8 +301,6 @@ class LabConfig(Strict):
             (f"nodes.{n}.address" if n in self.nodes else f"{n}'s default address", a)
             for n, a in self.addresses.items()
         ]
-        if self.kubernetes.control_plane_endpoint.mode == "kube-vip":
-            claims.append(("kubernetes.control_plane_endpoint.vip", self.endpoint_address))
         for what, addr in claims:
             if addr not in net or addr in hosts:
                 raise ValueError(
@@ -309,6 +310,17 @@ class LabConfig(Strict):
             if addr in taken:
                 raise ValueError(f"{what} {addr} is already used by {taken[addr]}")
             taken[addr] = what
+        return self
+
+    @model_validator(mode="after")
+    def _image_builds_version(self) -> LabConfig:
+        version = self.kubernetes.version
+        if self.image.source is None and version != IMAGE_KUBERNETES:
+            raise ValueError(
+                f"kubernetes.version {version}: the lab's node image builds Kubernetes"
+                f" {IMAGE_KUBERNETES} (image/go/kubernetes/go.mod); set {IMAGE_KUBERNETES}, or"
+                f" give image.source an image that has {version}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -350,11 +362,14 @@ class LabConfig(Strict):
 
     @property
     def endpoint_address(self) -> ipaddress.IPv4Address:
-        """controlPlaneEndpoint's address: the kube-vip VIP (default .10) or cp1's address."""
-        ep = self.kubernetes.control_plane_endpoint
-        if ep.mode == "cp1":
-            return self.addresses["cp1"]
-        return ep.vip or self.network.cidr.network_address + 10
+        """controlPlaneEndpoint's address: cp1's."""
+        return self.addresses["cp1"]
+
+    @property
+    def image_source(self) -> str:
+        """The node image: the configured one, or the lab's build for kubernetes.version."""
+        built = self.state_dir / "images" / f"k8s-node-v{self.kubernetes.version}.qcow2"
+        return self.image.source or str(built)
 
     @property
     def ssh_key_path(self) -> Path:

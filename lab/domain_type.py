@@ -17,6 +17,9 @@ from typing import Literal
 from lab.config import LabConfig
 
 DomainType = Literal["kvm", "qemu"]
+# How much longer a call to a guest may take under software emulation: SSH handshakes and etcd
+# calls that take well under a second under KVM took several seconds in loaded emulated guests.
+SLOWDOWN: dict[DomainType, float] = {"kvm": 1, "qemu": 6}
 BOOTED = "Kernel panic - not syncing: VFS"  # the kernel came up and looked for its root disk
 KVM_FAILED = "KVM internal error"
 

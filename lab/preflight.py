@@ -34,8 +34,8 @@ def libvirt_socket_problem(
         return None
     return (
         f"libvirt is not running at {uri} (no socket at {' or '.join(candidates)}):"
-        " install libvirt-daemon-system and start it (systemctl enable --now libvirtd),"
-        " or set libvirt.uri in config/cluster.yaml"
+        " start it (systemctl enable --now libvirtd), let the lab run its own"
+        " (lab libvirtd start; `make up` does), or set libvirt.uri in config/cluster.yaml"
     )
 
 
@@ -47,6 +47,11 @@ def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm")) -> list[str]:
         problems.append(
             f"KVM is not available ({kvm} is missing): enable virtualisation in the firmware"
             " and load kvm_intel or kvm_amd, or set libvirt.domain_type to auto or qemu"
+        )
+    if cfg.image.source is None and not Path(cfg.image_source).is_file():
+        problems.append(
+            f"the node image {cfg.image_source} is missing: build it with `make image`"
+            " (`make up` does; about 20 min the first time)"
         )
     if not (shutil.which("genisoimage") or shutil.which("mkisofs")):
         problems.append(

@@ -49,15 +49,16 @@ class Step:
 
     @property
     def lab_args(self) -> tuple[str, ...]:
-        """The `lab` command a person would type for this step (init runs kubeadm on the node)."""
+        """The `lab` command a person would type for this step."""
         match self.kind:
+            case "init":
+                return ("init",)
             case "gate":
                 return ("gate", "--voters", str(self.voters))
             case "join":
                 return ("join", str(self.node))
             case "verify":
                 return ("verify", "--wait")  # nodes are NotReady until their CNI pod runs
-        return ()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The kubeadm join chain: one Pulumi resource per step of lab.topology.chain_plan.
 
-cp1-init runs kubeadm on cp1 over SSH; every other step is a `lab` command run on this host, the
-same command a person would type. Pulumi decides the order; `lab` holds the logic (and the retry).
+Every step is a `lab` command run on this host (cp1-init is `lab init`), the same command a person
+would type. Pulumi decides the order; `lab` holds the logic (and the retry).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pulumi_command import local, remote
 from lab import keys
 from lab.config import LabConfig
 from lab.infra.machines import Machine
-from lab.render import kubeadm
 from lab.topology import Node, Step, build_topology
 
 LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
@@ -35,25 +34,21 @@ class LabInvocation:
 
 @dataclass(frozen=True)
 class StepCommands:
-    """What one step's resource runs: `create` (and `delete`, on destroy or a smaller count).
-    `on_first` means over SSH on the first control plane (remote.Command) as the login user;
-    otherwise a shell command on this host in the project directory (local.Command)."""
+    """What one step's resource (a local.Command, in the project directory) runs: `create`, and
+    `delete` on destroy or a smaller count."""
 
     create: str
     delete: str | None
-    on_first: bool
 
 
 def step_commands(step: Step, cfg: LabConfig, lab: LabInvocation) -> StepCommands:
     """The commands the chain registers for `step`; needs no engine, so a test runs them as is."""
-    if step.kind == "init":
-        return StepCommands(kubeadm.init_script(cfg), None, on_first=True)
     delete = (
         leave_command(build_topology(cfg).node(step.node), cfg, lab)
         if step.kind == "join" and step.node
         else None
     )
-    return StepCommands(lab.command(*step.lab_args), delete, on_first=False)
+    return StepCommands(lab.command(*step.lab_args), delete)
 
 
 def leave_command(node: Node, cfg: LabConfig, lab: LabInvocation) -> str:
@@ -104,13 +99,26 @@ class JoinChain(pulumi.ComponentResource):
             if step.node:
                 after.append(machines[step.node])
                 triggers = [machines[step.node].domain.id]  # a rebuilt machine joins again
-            self.steps[step.name] = self._resource(step, cfg, lab, cp1_connection, after, triggers)
+            commands = step_commands(step, cfg, lab)
+            self.steps[step.name] = local.Command(
+                step.name,
+                create=commands.create,
+                delete=commands.delete,
+                triggers=triggers,
+                logging=local.Logging.STDOUT_AND_STDERR,
+                # A rebuilt machine's join: leave with the old one before joining the new one
+                # (the default, create first, would run the join and then the leave of the node).
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=after, delete_before_replace=True
+                ),
+            )
 
         # admin.conf exists once cp1-init has run; it is a secret, never plaintext in state.
         self.kubeconfig = remote.Command(
             "kubeconfig",
             connection=cp1_connection,
             create=KUBECONFIG_COMMAND,
+            logging=remote.Logging.NONE,  # the provider would print the admin key as it runs
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[self.steps[s.name] for s in steps if s.kind == "init"],
@@ -118,37 +126,3 @@ class JoinChain(pulumi.ComponentResource):
             ),
         ).stdout
         self.register_outputs({"kubeconfig": self.kubeconfig})
-
-    def _resource(
-        self,
-        step: Step,
-        cfg: LabConfig,
-        lab: LabInvocation,
-        cp1_connection: remote.ConnectionArgs,
-        after: list[pulumi.Resource],
-        triggers: list[pulumi.Output[str]] | None,
-    ) -> pulumi.Resource:
-        opts = pulumi.ResourceOptions(parent=self, depends_on=after)
-        commands = step_commands(step, cfg, lab)
-        if commands.on_first:
-            wait = f"{cfg.tuning.join_max_wait_seconds + 600}s"
-            return remote.Command(
-                step.name,
-                connection=cp1_connection,
-                create=commands.create,
-                logging=remote.Logging.STDOUT_AND_STDERR,
-                triggers=triggers,
-                opts=opts.merge(
-                    pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=wait))
-                ),
-            )
-        return local.Command(
-            step.name,
-            create=commands.create,
-            delete=commands.delete,
-            triggers=triggers,
-            logging=local.Logging.STDOUT_AND_STDERR,
-            # A rebuilt machine's join: leave with the old one before joining the new one (the
-            # default, create first, would run the join and then the leave of the same node).
-            opts=opts.merge(pulumi.ResourceOptions(delete_before_replace=True)),
-        )

@@ -36,7 +36,14 @@ class KubernetesLab(pulumi.ComponentResource):
             host_key = keys.ensure_host_key(cfg.state_dir, node.name)
             # The user-data carries the node's private host key: a secret in state.
             user_data = pulumi.Output.secret(
-                cloudinit.user_data(cfg, topo, node, user_key=user_key, host_key=host_key)
+                cloudinit.user_data(
+                    cfg,
+                    topo,
+                    node,
+                    user_key=user_key,
+                    host_key=host_key,
+                    domain_type=domain_type.type,
+                )
             )
             self.machines[node.name] = Machine(node, net, cfg, user_data, domain_type.type, child)
 

@@ -55,7 +55,7 @@ class LabNetwork(pulumi.ComponentResource):
             "base-image",
             name=f"{prefix}-base.qcow2",
             pool=self.pool.name,
-            source=cfg.image.source,
+            source=cfg.image_source,
             format="qcow2",
             opts=child,
         )
@@ -104,8 +104,9 @@ class Machine(pulumi.ComponentResource):
             memory=node.memory_mib,
             autostart=True,
             qemu_agent=True,
+            # Software emulation has no host CPU to pass through: qemu's own model there.
             cpu=None
-            if cfg.libvirt.cpu_mode == "default"
+            if cfg.libvirt.cpu_mode == "default" or domain_type == "qemu"
             else libvirt.DomainCpuArgs(mode=cfg.libvirt.cpu_mode),
             cloudinit=self.cloudinit.id,
             disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import sys
 import time
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import TextIO
 
 from lab.config import LabConfig
+from lab.domain_type import SLOWDOWN, DomainType
+from lab.domain_type import choose as choose_domain_type
 from lab.etcd import Alarm, Etcd, EtcdError, Member, Status, TLSFiles, client_url, host_port
 from lab.keys import write_private
-from lab.ssh import NodeShell, SshError, shell_for
+from lab.ssh import CONNECT_TIMEOUT, NodeShell, SshError, shell_for
 from lab.topology import Node, Topology, build_topology
 
 # Where kubeadm keeps the etcd CA and the API server's etcd client pair on every control plane.
@@ -126,10 +129,25 @@ class Session:
             await self._etcd.close()
             self._etcd = None
 
+    @functools.cached_property
+    def domain_type(self) -> DomainType:
+        """How the guests run (kvm or qemu): kubeadm's and each SSH and etcd call's timeouts
+        follow it."""
+        return choose_domain_type(self.cfg).type
+
+    @property
+    def slowdown(self) -> float:
+        return SLOWDOWN[self.domain_type]
+
     def shell(self, node: Node) -> NodeShell:
         if node.name not in self._shells:
             host_key = self.host_keys.get(node.name)
-            self._shells[node.name] = shell_for(self.cfg, node, host_key=host_key)
+            self._shells[node.name] = shell_for(
+                self.cfg,
+                node,
+                host_key=host_key,
+                connect_timeout=CONNECT_TIMEOUT * self.slowdown,
+            )
         return self._shells[node.name]
 
     # ------------------------------------------------------------------ etcd
@@ -164,7 +182,7 @@ class Session:
         if self._etcd is None:
             tls = await self.ensure_certs()
             endpoints = [client_url(n.address) for n in self.topo.control_planes]
-            self._etcd = Etcd(endpoints, tls, timeout=self.etcd_timeout)
+            self._etcd = Etcd(endpoints, tls, timeout=self.etcd_timeout * self.slowdown)
         return self._etcd
 
     async def snapshot(self) -> Snapshot:

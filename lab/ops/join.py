@@ -21,7 +21,6 @@ from lab.ops.diagnose import diagnose, render
 from lab.ops.gate import gate
 from lab.ops.node import (
     fetch_credentials,
-    install_kube_vip,
     kube_nodes,
     kubeadm_join,
     kubeadm_reset,
@@ -81,9 +80,6 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
     step(f"gate on the {voters} current voter(s)")
     await stable(session, voters, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name)
     await kubeadm_join_fresh(session, node, attempt)
-    if session.cfg.kubernetes.control_plane_endpoint.mode == "kube-vip":
-        step("kube-vip static pod")
-        await install_kube_vip(session, node)
     step(f"gate on {voters + 1} voters")
     await stable(
         session, voters + 1, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name

@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass
 
 from lab.ops.common import OpFailed, Session
-from lab.render.cloudinit import KUBE_VIP_PATH, kube_vip_manifest
-from lab.render.kubeadm import JOIN_PATH, join_configuration
+from lab.render.kubeadm import JOIN_PATH, join_configuration, probe_patches
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -161,21 +160,19 @@ async def write_join_config(session: Session, node: Node, creds: Credentials) ->
         token=creds.token,
         ca_cert_hash=creds.ca_cert_hash,
         certificate_key=creds.certificate_key,
+        domain_type=session.domain_type,
     )
-    await session.shell(node).write_file(JOIN_PATH, text.encode(), mode=0o600)
+    shell = session.shell(node)
+    await shell.write_file(JOIN_PATH, text.encode(), mode=0o600)
+    if node.is_control_plane:
+        for path, patch in probe_patches(session.domain_type).items():
+            await shell.write_file(path, patch.encode(), mode=0o644)
 
 
 async def kubeadm_join(session: Session, node: Node, timeout: float) -> None:
     r = await session.shell(node).run(f"kubeadm join --config {JOIN_PATH}", timeout=timeout)
     if not r.ok:
         raise OpFailed(f"kubeadm join failed (exit {r.exit_status}): {gist(r.output)}")
-
-
-async def install_kube_vip(session: Session, node: Node) -> None:
-    """kube-vip's static pod on a joined control plane. Only after the join: kubeadm join's
-    preflight refuses a non-empty /etc/kubernetes/manifests (DirAvailable), and reset wipes it."""
-    manifest = kube_vip_manifest(session.cfg, node)
-    await session.shell(node).write_file(KUBE_VIP_PATH, manifest.encode(), mode=0o600)
 
 
 def gist(output: str, most: int = 4) -> str:

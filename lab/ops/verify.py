@@ -97,7 +97,8 @@ async def verify(session: Session, wait: float = 0) -> list[Check]:
         if now_failing != failing:
             session.say(None, f"waiting (up to {wait:.0f}s) for: {', '.join(now_failing)}")
             failing = now_failing
-        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds)
+        # Each poll runs kubectl on cp1: an emulated guest pays dearly for it, so poll less.
+        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds * session.slowdown)
     for c in checks:
         session.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
     return checks

@@ -1,1 +1,1 @@
-"""Pure renderers: config + node in, file text out (cloud-init, kubeadm, kube-vip)."""
+"""Pure renderers: config + node in, file text out (cloud-init, kubeadm, flannel)."""

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from lab.config import LabConfig
+from lab.domain_type import DomainType
 from lab.topology import Node
 
 API = "kubeadm.k8s.io/v1beta4"
@@ -19,30 +20,85 @@ INIT_PATH = "/etc/kubernetes/lab/init.yaml"
 JOIN_PATH = "/etc/kubernetes/lab/join.yaml"
 API_PORT = 6443
 
+# Under software emulation (domain type qemu) kubeadm's default timeouts are too short: a
+# control-plane join between two emulated guests failed after ~190 s, leaving its learner. These
+# are the values that let joins finish there (README, "Real Kubernetes under emulation").
+EMULATED_TIMEOUTS = {
+    "controlPlaneComponentHealthCheck": "20m0s",
+    "kubeletHealthCheck": "20m0s",
+    "kubernetesAPICall": "10m0s",
+    "etcdAPICall": "20m0s",
+    "tlsBootstrap": "20m0s",
+    "discovery": "20m0s",
+}
+# etcd's default heartbeat (100 ms) and election timeout (1 s) made emulated members churn
+# through elections; set at init, they hold for every member that joins later.
+EMULATED_ETCD = {"heartbeat-interval": "500", "election-timeout": "5000"}
+# kube-controller-manager and kube-scheduler renew their leader lease every 2 s, within 10 s, by
+# requests of 5 s: an emulated API server answers slower, they lose the lease and restart, over
+# and over, and a new node's certificate request waits unapproved. Four times as long holds.
+EMULATED_LEADER_ELECTION = {
+    "leader-elect-lease-duration": "60s",
+    "leader-elect-renew-deadline": "40s",
+    "leader-elect-retry-period": "8s",
+}
+
 
 def _node_registration(node: Node) -> dict[str, Any]:
     return {
         "name": node.name,
         "criSocket": CRI_SOCKET,
-        "kubeletExtraArgs": [{"name": "node-ip", "value": str(node.address)}],
+        "kubeletExtraArgs": _args({"node-ip": str(node.address)}),
     }
+
+
+# The kubelet restarts a control-plane pod whose probe times out (15 s) a few times in a row: an
+# emulated, loaded guest answers that slowly, and the restarts feed the load. kubeadm's patches
+# (strategic merge, one file per pod) give every probe of theirs a minute and a longer period.
+PATCHES_DIR = "/etc/kubernetes/lab/patches"
+SLOW_PROBE = {"timeoutSeconds": 60, "periodSeconds": 30}
+EMULATED_PROBES = {
+    "etcd": ("livenessProbe", "startupProbe"),
+    "kube-apiserver": ("livenessProbe", "readinessProbe", "startupProbe"),
+    "kube-controller-manager": ("livenessProbe", "startupProbe"),
+    "kube-scheduler": ("livenessProbe", "startupProbe"),
+}
+
+
+def probe_patches(domain_type: DomainType) -> dict[str, str]:
+    """Path -> content of the patch files the control planes get (none under KVM)."""
+    if domain_type != "qemu":
+        return {}
+    return {
+        f"{PATCHES_DIR}/{pod}+strategic.yaml": yaml.safe_dump(
+            {"spec": {"containers": [{"name": pod} | {p: SLOW_PROBE for p in probes}]}}
+        )
+        for pod, probes in EMULATED_PROBES.items()
+    }
+
+
+def _args(flags: dict[str, str]) -> list[dict[str, str]]:
+    """v1beta4's extraArgs: a list of name/value pairs."""
+    return [{"name": k, "value": v} for k, v in flags.items()]
 
 
 def api_endpoint(cfg: LabConfig) -> str:
     return f"{cfg.endpoint_address}:{API_PORT}"
 
 
-def init_configuration(cfg: LabConfig, node: Node, all_nodes: list[Node]) -> str:
+def init_configuration(
+    cfg: LabConfig, node: Node, all_nodes: list[Node], domain_type: DomainType
+) -> str:
     """InitConfiguration + ClusterConfiguration for the first control plane."""
     k8s = cfg.kubernetes
-    init = {
+    init: dict[str, Any] = {
         "apiVersion": API,
         "kind": "InitConfiguration",
         "localAPIEndpoint": {"advertiseAddress": str(node.address), "bindPort": API_PORT},
         "nodeRegistration": _node_registration(node),
     }
     sans = [str(cfg.endpoint_address)] + [str(n.address) for n in all_nodes if n.is_control_plane]
-    cluster = {
+    cluster: dict[str, Any] = {
         "apiVersion": API,
         "kind": "ClusterConfiguration",
         "clusterName": cfg.cluster.name,
@@ -55,11 +111,23 @@ def init_configuration(cfg: LabConfig, node: Node, all_nodes: list[Node]) -> str
         },
         "apiServer": {"certSANs": sorted(set(sans))},
     }
+    if domain_type == "qemu":
+        init["timeouts"] = EMULATED_TIMEOUTS | {"upgradeManifests": "20m0s"}
+        init["patches"] = {"directory": PATCHES_DIR}
+        cluster["etcd"] = {"local": {"extraArgs": _args(EMULATED_ETCD)}}
+        for component in ("controllerManager", "scheduler"):
+            cluster[component] = {"extraArgs": _args(EMULATED_LEADER_ELECTION)}
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
 
 
 def join_configuration(
-    cfg: LabConfig, node: Node, *, token: str, ca_cert_hash: str, certificate_key: str | None
+    cfg: LabConfig,
+    node: Node,
+    *,
+    token: str,
+    ca_cert_hash: str,
+    certificate_key: str | None,
+    domain_type: DomainType,
 ) -> str:
     """JoinConfiguration with fresh credentials; control planes also get their advertise address.
 
@@ -78,6 +146,10 @@ def join_configuration(
         },
         "nodeRegistration": _node_registration(node),
     }
+    if domain_type == "qemu":
+        join["timeouts"] = EMULATED_TIMEOUTS
+        if node.is_control_plane:
+            join["patches"] = {"directory": PATCHES_DIR}
     if node.is_control_plane:
         if not certificate_key:
             raise ValueError(f"{node.name} is a control plane: a certificate key is required")
@@ -86,37 +158,3 @@ def join_configuration(
             "certificateKey": certificate_key,
         }
     return yaml.safe_dump(join, sort_keys=False)
-
-
-FLANNEL_MANIFEST = (
-    "https://github.com/flannel-io/flannel/releases/download/v0.26.7/kube-flannel.yml"
-)
-FLANNEL_POD_CIDR = "10.244.0.0/16"
-
-
-def init_script(cfg: LabConfig) -> str:
-    """What cp1-init runs on cp1: wait for cloud-init, `kubeadm init` once, then the CNI.
-
-    Idempotent (a second run after success changes nothing), so a re-run of `pulumi up` is safe.
-    """
-    kubectl = "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf"
-    lines = [
-        "set -eu",
-        # 0 = done, 2 = done with recoverable errors; anything else is a broken node.
-        "sudo cloud-init status --wait >/dev/null || [ $? -eq 2 ]",
-        "if [ ! -f /etc/kubernetes/admin.conf ]; then",
-        f"  sudo kubeadm init --config {INIT_PATH} --upload-certs",
-        "fi",
-    ]
-    if cfg.kubernetes.control_plane_endpoint.mode == "kube-vip":
-        # kube-vip needed super-admin.conf while init ran; from now on admin.conf is enough.
-        lines.append(
-            "sudo sed -i 's#/etc/kubernetes/super-admin.conf#/etc/kubernetes/admin.conf#'"
-            " /etc/kubernetes/manifests/kube-vip.yaml"
-        )
-    if cfg.kubernetes.cni == "flannel":
-        lines.append(
-            f"curl -fsSL {FLANNEL_MANIFEST} | sed 's#{FLANNEL_POD_CIDR}#{cfg.kubernetes.pod_cidr}#'"
-            f" | {kubectl} apply -f -"
-        )
-    return "\n".join(lines) + "\n"

@@ -4,8 +4,8 @@ The machines are libvirt domains on an empty disk (no OS boots), as in test_engi
 the chain talks to are the integration harness's (tests/integration/harness.py): network
 namespaces with real sshd, real etcd with TLS and the kubeadm stand-in. The config is the
 harness's, so every node's address is a harness node, and Pulumi runs inside the harness's lab
-host namespace: `cp1-init` is a real remote.Command over SSH with the pinned host key, every
-other step a real local.Command running `.venv/bin/lab`.
+host namespace: every step is a real local.Command running `.venv/bin/lab` (cp1-init is
+`lab init`), and the kubeconfig a real remote.Command over SSH with the pinned host key.
 
 The cases run in order on one stack, each starting from where the one before left the cluster.
 Each asserts on etcd's member list and on Pulumi's own record (its event log, state, outputs).

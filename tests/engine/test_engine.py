@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lab.config import load_config
@@ -30,12 +31,19 @@ def in_plan_order(names: list[str], plan: list[Step]) -> bool:
     return all(s.name in at and all(at[b] < at[s.name] for b in s.after) for s in plan)
 
 
-def test_preview_of_the_dev_config_shows_machines_and_the_chain_in_plan_order(libvirtd, make_stack):
-    """The dev stack's cluster, previewed by the real engine and the built providers: the
-    network, every machine, and every step of the join chain, registered in plan order."""
+@pytest.mark.parametrize("counts", [{}, {"lab:control_planes": "3", "lab:workers": "2"}])
+def test_preview_of_the_dev_config_shows_machines_and_the_chain_in_plan_order(
+    libvirtd, make_stack, tmp_path, counts
+):
+    """The dev stack's cluster (and the shipped 3 + 2), previewed by the real engine and the
+    built providers: the network, every machine, and every step of the join chain, registered
+    in plan order. An empty image stands in for the node image: a preview boots nothing."""
+    image = tmp_path / "image.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(image), "64M"], check=True)
     dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text()).get("config", {})
-    config = {k: str(v) for k, v in dev.items() if k != "libvirt:uri"}
-    stack = make_stack("preview", {**config, "libvirt:uri": libvirtd.uri})
+    config = {k: str(v) for k, v in dev.items() if k != "libvirt:uri"} | counts
+    config |= {"libvirt:uri": libvirtd.uri, "lab:image": str(image)}
+    stack = make_stack("preview", config)
 
     preview = json.loads(stack.pulumi("preview", "--json", timeout=600).stdout)
     steps = preview["steps"]

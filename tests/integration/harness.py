@@ -572,7 +572,7 @@ class Harness:
         # the node's /etc/kubernetes is its kube dir, bind-mounted
         path = first.dir / "kube" / Path(kubeadm.INIT_PATH).relative_to("/etc/kubernetes")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(kubeadm.init_configuration(cfg, topo.first, list(topo.nodes)))
+        path.write_text(kubeadm.init_configuration(cfg, topo.first, list(topo.nodes), "kvm"))
         path.chmod(0o600)
 
     # ---- running things -------------------------------------------------------------------------
@@ -657,7 +657,7 @@ class Harness:
         )
 
     def init(self, node: str = "cp1") -> None:
-        """cp1-init: `kubeadm init` over SSH, as the chain's remote.Command runs it."""
+        """kubeadm init on cp1 over SSH (the chain runs it through `lab init`)."""
         self.ssh(node, "kubeadm init")
 
     # ---- etcd as the test sees it (etcdctl from the lab host, TLS) ------------------------------

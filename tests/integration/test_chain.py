@@ -5,11 +5,11 @@ run `lab` commands they write themselves. This test closes the gap: it takes the
 harness config and, step by step in plan order, runs exactly what the chain registers
 (`lab.infra.chain.step_commands`, the function JoinChain builds its resources from):
 
-- cp1-init (a remote.Command): the init script, sent over SSH to cp1 as the config's login user,
-  as one command string that the login shell runs (what remote.Command's SSH session does);
-- every other step (a local.Command): its shell string, run with `sh -c` in the project directory
-  (where the provider runs, so `.venv/bin/lab` and `--stack dev`'s Pulumi.dev.yaml resolve), in
-  the harness's host namespace;
+- every step (a local.Command, cp1-init's `lab init` too): its shell string, run with `sh -c` in
+  the project directory (where the provider runs, so `.venv/bin/lab` and the stack's
+  Pulumi.<stack>.yaml resolve), in the harness's host namespace;
+- the kubeconfig (a remote.Command): its command over SSH to cp1 as the config's login user, as
+  one command string that the login shell runs (what remote.Command's SSH session does);
 - then, with the config edited down to one control plane, what `pulumi up` (or `pulumi destroy`)
   runs: the joins' delete commands (`lab leave NODE --address ...`), in reverse.
 
@@ -26,13 +26,13 @@ from collections.abc import Callable
 
 import yaml
 
-from lab.config import load_config, stack_overrides
+from lab.config import LabConfig, load_config, stack_overrides
 from lab.infra.chain import KUBECONFIG_COMMAND, LabInvocation, step_commands
 from lab.topology import build_topology, join_plan
 
 from .harness import REPO, Harness
 
-STACK = "dev"  # Pulumi.dev.yaml: its only key is libvirt:uri, which no step uses
+STACK = f"integration-{os.getpid()}"  # its Pulumi.<stack>.yaml has only libvirt:uri
 NODES = ("cp1", "cp2", "cp3", "worker1")
 
 
@@ -65,7 +65,16 @@ def test_chain_runs_its_own_commands_then_destroy(make_harness: Callable[..., Ha
     )  # cp1's init.yaml, as cloud-init writes it
     cfg = load_config(lab.config_path)
     assert cfg.kubernetes.cni == "none" and cfg.kubernetes.control_plane_endpoint.mode == "cp1"
-    assert set(stack_overrides(STACK, REPO)) <= {"libvirt_uri"}, "Pulumi.dev.yaml sets lab:* keys"
+    stack_file = REPO / f"Pulumi.{STACK}.yaml"
+    stack_file.write_text("config:\n  libvirt:uri: qemu:///system\n")
+    try:
+        run_the_chain(lab, cfg)
+    finally:
+        stack_file.unlink()
+
+
+def run_the_chain(lab: Harness, cfg: LabConfig) -> None:
+    assert set(stack_overrides(STACK, REPO)) == {"libvirt_uri"}
     topo = build_topology(cfg)
     first = topo.first
     invocation = LabInvocation(str(lab.config_path), STACK)
@@ -90,12 +99,10 @@ def test_chain_runs_its_own_commands_then_destroy(make_harness: Callable[..., Ha
 
     ran = []
     for step in plan:
-        commands = step_commands(step, cfg, invocation)
-        assert commands.on_first == (step.kind == "init")
-        out = run(step.name, commands.create, commands.on_first)
+        out = run(step.name, step_commands(step, cfg, invocation).create, remote=False)
         ran.append(step.name)
         if step.kind == "init":
-            assert "--upload-certs" in commands.create and "Using certificate key" in out
+            assert "Using certificate key" in out  # kubeadm's own output, relayed by lab init
             kubeconfig = run("kubeconfig", KUBECONFIG_COMMAND, remote=True)
             assert "kind: Config" in kubeconfig
     assert ran == [s.name for s in plan] and ran[-1] == "verify" and plan[-1].kind == "verify"
@@ -111,8 +118,8 @@ def test_chain_runs_its_own_commands_then_destroy(make_harness: Callable[..., Ha
 
     # cp1-init again (a re-run of `pulumi up` with a changed trigger): idempotent, etcd unchanged
     ids = sorted(m["ID"] for m in lab.members())
-    init = step_commands(plan[0], cfg, invocation)
-    run(f"{plan[0].name} again", init.create, init.on_first)
+    out = run(f"{plan[0].name} again", step_commands(plan[0], cfg, invocation).create, False)
+    assert "kubeadm init done" in out and "kubeadm init (in the background" not in out
     assert sorted(m["ID"] for m in lab.members()) == ids
 
     # Scale down to one control plane by editing the config, then what `pulumi up` runs: the

@@ -96,9 +96,8 @@ def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -
     assert g.input("cp3-gate", "create") == f".venv/bin/lab gate --voters 3 {tail}"
     assert g.input("verify", "create") == f".venv/bin/lab verify --wait {tail}"
     assert g.input("verify", "delete") is None
-    init = g.input("cp1-init", "create")
-    assert "kubeadm init --config /etc/kubernetes/lab/init.yaml --upload-certs" in init
-    assert init.index("cloud-init status --wait") < init.index("kubeadm init")
+    assert g.input("cp1-init", "create") == f".venv/bin/lab init {tail}"
+    assert g.input("cp1-init", "delete") is None
 
 
 def test_a_joins_delete_names_its_node_whatever_the_config_says_later(
@@ -125,12 +124,12 @@ def test_a_rebuilt_machine_leaves_before_it_joins_again(run_program) -> None:
 
 def test_ssh_pins_the_host_key_and_secrets_stay_secret(run_program, tmp_path) -> None:
     g = run_program()
-    conn = g.input("cp1-init", "connection")
+    conn = g.input("kubeconfig", "connection")  # the one step that is not a `lab` command
     conn = conn["value"] if is_secret(conn) else conn
     pinned = (tmp_path / "state" / "hosts" / "cp1.pub").read_text().strip()
     assert conn["hostKey"] == pinned
     assert conn["dialErrorLimit"] == -1
-    assert is_secret(conn["privateKey"]) or is_secret(g.input("cp1-init", "connection"))
+    assert is_secret(conn["privateKey"]) or is_secret(g.input("kubeconfig", "connection"))
     # The user-data carries the node's private host key: it must be a secret in state.
     assert is_secret(g.input("cp2-cloudinit", "userData"))
     assert not is_secret(g.input("cp2-cloudinit", "networkConfig"))
@@ -181,6 +180,7 @@ def test_kubeconfig_is_fetched_after_init_as_a_secret_output(run_program) -> Non
     assert "cp1-init" in g.deps("kubeconfig")
     assert g.resources["kubeconfig"].inputs.get("create") == "sudo cat /etc/kubernetes/admin.conf"
     assert "stdout" in g.resources["kubeconfig"].secret_outputs
+    assert g.resources["kubeconfig"].inputs.get("logging") == "none"  # never on the console
 
 
 def test_bad_config_registers_nothing(run_program) -> None:

@@ -65,7 +65,8 @@ def test_shipped_config_is_valid_and_matches_the_seed() -> None:
         t.cp_join_retry_max_total_seconds,
         t.cp_stabilize_timeout_seconds,
     ) == (120, 2400, 900)
-    assert str(cfg.endpoint_address) == "10.30.0.10"
+    assert str(cfg.endpoint_address) == "10.30.0.11"
+    assert cfg.image_source == ".lab/images/k8s-node-v1.34.4.qcow2"
 
 
 def test_empty_file_means_all_defaults() -> None:
@@ -84,9 +85,16 @@ def test_per_node_address() -> None:
     assert str(cfg.addresses["worker1"]) == "10.30.0.99"
 
 
-def test_endpoint_cp1_mode_points_at_cp1() -> None:
-    cfg = parse_config({"kubernetes": {"control_plane_endpoint": {"mode": "cp1"}}}, "x")
-    assert cfg.endpoint_address == cfg.addresses["cp1"]
+def test_endpoint_is_cp1_wherever_it_is() -> None:
+    cfg = parse_config({"nodes": {"cp1": {"address": "10.30.0.61"}}}, "x")
+    assert str(cfg.endpoint_address) == "10.30.0.61"
+
+
+def test_another_version_needs_an_image_that_has_it(tmp_path: Path) -> None:
+    image = tmp_path / "node.qcow2"
+    image.write_bytes(b"")
+    cfg = parse_config({"kubernetes": {"version": "1.35.1"}, "image": {"source": str(image)}}, "x")
+    assert cfg.image_source == str(image)
 
 
 def test_stack_file_overrides(tmp_path: Path) -> None:
@@ -264,16 +272,17 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         r"worker1's default address 10\.30\.0\.21 is not a host address .* or a larger cidr",
     ),
     (
-        "VIP on a node",
-        {"kubernetes": {"control_plane_endpoint": {"vip": "10.30.0.12"}}},
+        "a node on the gateway",
+        {"nodes": {"worker1": {"address": "10.30.0.1"}}},
         {},
-        r"kubernetes\.control_plane_endpoint\.vip 10\.30\.0\.12 is already used by cp2's default",
+        r"nodes\.worker1\.address 10\.30\.0\.1 is already used by network\.gateway",
     ),
     (
-        "VIP on the gateway",
-        {"kubernetes": {"control_plane_endpoint": {"vip": "10.30.0.1"}}},
+        "a version the node image does not build",
+        {"kubernetes": {"version": "1.33.5"}},
         {},
-        r"kubernetes\.control_plane_endpoint\.vip 10\.30\.0\.1 is already used by network\.gateway",
+        r"kubernetes\.version 1\.33\.5: the lab's node image builds Kubernetes 1\.34\.4 .*"
+        r"set 1\.34\.4, or give image\.source an image that has 1\.33\.5",
     ),
     (
         "two nodes pinned to one address",
@@ -291,7 +300,7 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         "unknown endpoint mode",
         {"kubernetes": {"control_plane_endpoint": {"mode": "haproxy"}}},
         {},
-        r"control_plane_endpoint\.mode: Input should be 'kube-vip' or 'cp1'",
+        r"control_plane_endpoint\.mode: Input should be 'cp1' \(got 'haproxy'\)",
     ),
     (
         "bad k8s version",

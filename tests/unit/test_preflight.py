@@ -12,7 +12,7 @@ def test_missing_system_socket_names_the_fix(tmp_path: Path) -> None:
     msg = libvirt_socket_problem("qemu:///system", (str(tmp_path / "libvirt-sock"),))
     assert msg is not None
     assert "libvirt is not running at qemu:///system" in msg
-    assert "systemctl enable --now libvirtd" in msg
+    assert "systemctl enable --now libvirtd" in msg and "lab libvirtd start" in msg
 
 
 def test_present_socket_explicit_socket_and_remote_uris(tmp_path: Path) -> None:

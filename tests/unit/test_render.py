@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from lab import keys
 from lab.config import LabConfig, parse_config
-from lab.render import cloudinit, kubeadm
+from lab.render import cloudinit, flannel, kubeadm
 from lab.topology import Node, Topology, build_topology
 
 
@@ -23,8 +24,9 @@ def lab(tmp_path: Path) -> tuple[LabConfig, Topology, Path]:
 
 def render(cfg: LabConfig, topo: Topology, state: Path, node: Node) -> str:
     user_key = keys.ensure_user_key(state / "ssh" / "id_ed25519")
+    host_key = keys.ensure_host_key(state, node.name)
     return cloudinit.user_data(
-        cfg, topo, node, user_key=user_key, host_key=keys.ensure_host_key(state, node.name)
+        cfg, topo, node, user_key=user_key, host_key=host_key, domain_type="qemu"
     )
 
 
@@ -60,37 +62,57 @@ def test_user_data_sets_node_identity_user_and_pinned_host_key(lab) -> None:
     assert doc["ssh_keys"]["ed25519_public"] == keys.pinned_host_key(state, "cp2")
     assert doc["ssh_pwauth"] is False
     cmds = "\n".join(doc["runcmd"])
-    assert "swapoff -a" in cmds and "modprobe br_netfilter" in cmds
-    assert "kubeadm=1.33.5-*" in cmds and "core:/stable:/v1.33/deb/" in cmds
-    assert "SystemdCgroup = true" in cmds
     assert "10.30.0.13 cp3.lab.local cp3" in cmds  # /etc/hosts knows every node
-    assert "qemu-guest-agent" in doc["packages"]
 
 
-def test_only_cp1_carries_the_init_configuration(lab) -> None:
+def test_user_data_only_configures(lab) -> None:
+    """The node image has everything: cloud-init installs, updates and downloads nothing."""
+    cfg, topo, state = lab
+    for name in ("cp1", "worker1"):
+        text = render(cfg, topo, state, topo.node(name))
+        doc = yaml.safe_load(text)
+        assert not {"packages", "package_update", "package_upgrade", "apt"} & set(doc)
+        assert not any(w in text for w in ("apt-get", "curl", "http://", "https://"))
+
+
+def test_only_cp1_carries_the_init_configuration_and_flannel(lab) -> None:
     cfg, topo, state = lab
     paths = {
         n: [
-            f["path"] for f in yaml.safe_load(render(cfg, topo, state, topo.node(n)))["write_files"]
+            f["path"]
+            for f in yaml.safe_load(render(cfg, topo, state, topo.node(n))).get("write_files", [])
         ]
         for n in ("cp1", "cp2", "worker1")
     }
-    assert kubeadm.INIT_PATH in paths["cp1"]
-    assert kubeadm.INIT_PATH not in paths["cp2"]
-    assert cloudinit.KUBE_VIP_PATH in paths["cp1"]
-    # kubeadm join refuses a non-empty manifests folder: joiners get kube-vip from `lab join`.
-    assert not any(p.startswith("/etc/kubernetes") for p in paths["cp2"])
-    assert not any(p.startswith("/etc/kubernetes") for p in paths["worker1"])
+    patches = sorted(kubeadm.probe_patches("qemu"))  # the fixture's guests are emulated
+    assert paths["cp1"] == [kubeadm.INIT_PATH, *patches, flannel.MANIFEST_PATH]
+    assert paths["cp2"] == paths["worker1"] == []
 
 
-def test_kube_vip_uses_super_admin_only_on_cp1(lab) -> None:
-    cfg, topo, _ = lab
-    cp1 = yaml.safe_load(cloudinit.kube_vip_manifest(cfg, topo.node("cp1")))
-    cp2 = yaml.safe_load(cloudinit.kube_vip_manifest(cfg, topo.node("cp2")))
-    assert cp1["spec"]["volumes"][0]["hostPath"]["path"] == "/etc/kubernetes/super-admin.conf"
-    assert cp2["spec"]["volumes"][0]["hostPath"]["path"] == "/etc/kubernetes/admin.conf"
-    env = {e["name"]: e["value"] for e in cp2["spec"]["containers"][0]["env"]}
-    assert env["address"] == "10.30.0.10" and env["vip_interface"] == cloudinit.INTERFACE
+def test_flannel_runs_the_images_own_flanneld_with_the_pod_cidr() -> None:
+    cfg = parse_config({"kubernetes": {"pod_cidr": "10.200.0.0/16"}}, "x")
+    docs = {d["kind"]: d for d in yaml.safe_load_all(flannel.manifest(cfg))}
+    net_conf = json.loads(docs["ConfigMap"]["data"]["net-conf.json"])
+    assert net_conf == {"Network": "10.200.0.0/16", "Backend": {"Type": "vxlan"}}
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    for c in pod["initContainers"] + pod["containers"]:
+        assert (c["image"], c["imagePullPolicy"]) == (flannel.FLANNEL_IMAGE, "Never")
+    assert pod["hostNetwork"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (
+        "10.30.0.11",
+        "6443",
+    )
+
+
+def test_flannel_image_tag_is_the_version_the_image_builds() -> None:
+    go_mod = (Path(__file__).parents[2] / "image" / "go" / "flannel" / "go.mod").read_text()
+    assert f"github.com/flannel-io/flannel {flannel.FLANNEL_VERSION}\n" in go_mod
+
+
+def test_default_kubernetes_version_is_the_one_the_image_builds() -> None:
+    go_mod = (Path(__file__).parents[2] / "image" / "go" / "kubernetes" / "go.mod").read_text()
+    assert f"k8s.io/kubernetes v{LabConfig().kubernetes.version}" in go_mod
 
 
 def test_network_config_is_static_on_the_lab_bridge(lab) -> None:
@@ -99,53 +121,94 @@ def test_network_config_is_static_on_the_lab_bridge(lab) -> None:
     nic = doc["ethernets"][cloudinit.INTERFACE]
     assert nic["match"] == {"macaddress": "52:54:00:1e:00:16"}
     assert nic["addresses"] == ["10.30.0.22/24"]
-    assert nic["routes"] == [{"to": "default", "via": "10.30.0.1"}]
+    assert nic["routes"] == [{"to": "0.0.0.0/0", "via": "10.30.0.1"}]
 
 
 def test_init_configuration_advertises_the_lab_address(lab) -> None:
     cfg, topo, _ = lab
     init, cluster = yaml.safe_load_all(
-        kubeadm.init_configuration(cfg, topo.first, list(topo.nodes))
+        kubeadm.init_configuration(cfg, topo.first, list(topo.nodes), "kvm")
     )
     assert init["apiVersion"] == cluster["apiVersion"] == "kubeadm.k8s.io/v1beta4"
     assert init["localAPIEndpoint"]["advertiseAddress"] == "10.30.0.11"
     assert init["nodeRegistration"]["kubeletExtraArgs"] == [
         {"name": "node-ip", "value": "10.30.0.11"}
     ]
-    assert cluster["controlPlaneEndpoint"] == "10.30.0.10:6443"
-    assert cluster["kubernetesVersion"] == "v1.33.5"
+    assert cluster["controlPlaneEndpoint"] == "10.30.0.11:6443"
+    assert cluster["kubernetesVersion"] == "v1.34.4"
     assert cluster["networking"]["podSubnet"] == "10.244.0.0/16"
-    assert {"10.30.0.10", "10.30.0.11", "10.30.0.12", "10.30.0.13"} <= set(
-        cluster["apiServer"]["certSANs"]
+    assert {"10.30.0.11", "10.30.0.12", "10.30.0.13"} <= set(cluster["apiServer"]["certSANs"])
+    assert "timeouts" not in init and "etcd" not in cluster  # kubeadm's defaults under KVM
+
+
+def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
+    """Under domain type qemu, kubeadm's default timeouts fail a control-plane join after ~190 s
+    and etcd's default election timeout churns: both are raised, for init and join alike."""
+    cfg, topo, _ = lab
+    init, cluster = yaml.safe_load_all(
+        kubeadm.init_configuration(cfg, topo.first, list(topo.nodes), "qemu")
     )
+    assert init["timeouts"]["etcdAPICall"] == "20m0s"
+    assert init["timeouts"]["upgradeManifests"] == "20m0s"
+    args = {a["name"]: a["value"] for a in cluster["etcd"]["local"]["extraArgs"]}
+    assert args == {"heartbeat-interval": "500", "election-timeout": "5000"}
+    for component in ("controllerManager", "scheduler"):
+        flags = {a["name"]: a["value"] for a in cluster[component]["extraArgs"]}
+        assert flags["leader-elect-renew-deadline"] == "40s"
+    creds = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
+    join = yaml.safe_load(
+        kubeadm.join_configuration(
+            cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **creds
+        )
+    )
+    assert join["timeouts"] == kubeadm.EMULATED_TIMEOUTS
+    assert join["patches"] == init["patches"] == {"directory": kubeadm.PATCHES_DIR}
+
+
+def test_emulated_control_plane_pods_get_slower_probes_on_the_probes_they_have() -> None:
+    """A strategic-merge patch that adds a probe a pod lacks would leave it without a handler:
+    each pod's patch touches only the probes kubeadm gives it."""
+    assert kubeadm.probe_patches("kvm") == {}
+    patches = {
+        path.rsplit("/", 1)[1]: yaml.safe_load(text)
+        for path, text in kubeadm.probe_patches("qemu").items()
+    }
+    assert set(patches) == {
+        "etcd+strategic.yaml",
+        "kube-apiserver+strategic.yaml",
+        "kube-controller-manager+strategic.yaml",
+        "kube-scheduler+strategic.yaml",
+    }
+    etcd = patches["etcd+strategic.yaml"]["spec"]["containers"][0]
+    assert etcd["name"] == "etcd" and "readinessProbe" not in etcd
+    assert etcd["livenessProbe"] == {"timeoutSeconds": 60, "periodSeconds": 30}
+    api = patches["kube-apiserver+strategic.yaml"]["spec"]["containers"][0]
+    assert {"livenessProbe", "readinessProbe", "startupProbe"} <= set(api)
 
 
 def test_join_configuration_for_a_control_plane_and_a_worker(lab) -> None:
     cfg, topo, _ = lab
     creds = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
     cp = yaml.safe_load(
-        kubeadm.join_configuration(cfg, topo.node("cp3"), certificate_key="k" * 64, **creds)
+        kubeadm.join_configuration(
+            cfg, topo.node("cp3"), certificate_key="k" * 64, domain_type="kvm", **creds
+        )
     )
     assert cp["kind"] == "JoinConfiguration"
     assert cp["discovery"]["bootstrapToken"] == {
-        "apiServerEndpoint": "10.30.0.10:6443",
+        "apiServerEndpoint": "10.30.0.11:6443",
         "token": creds["token"],
         "caCertHashes": [creds["ca_cert_hash"]],
     }
     assert cp["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == "10.30.0.13"
     assert cp["controlPlane"]["certificateKey"] == "k" * 64
     worker = yaml.safe_load(
-        kubeadm.join_configuration(cfg, topo.node("worker1"), certificate_key=None, **creds)
+        kubeadm.join_configuration(
+            cfg, topo.node("worker1"), certificate_key=None, domain_type="kvm", **creds
+        )
     )
     assert "controlPlane" not in worker
     with pytest.raises(ValueError, match="cp3 is a control plane"):
-        kubeadm.join_configuration(cfg, topo.node("cp3"), certificate_key=None, **creds)
-
-
-def test_init_script_is_idempotent_and_patches_the_pod_cidr() -> None:
-    cfg = parse_config({"kubernetes": {"pod_cidr": "10.200.0.0/16"}}, "x")
-    script = kubeadm.init_script(cfg)
-    assert "if [ ! -f /etc/kubernetes/admin.conf ]; then" in script
-    assert "s#10.244.0.0/16#10.200.0.0/16#" in script
-    assert "super-admin.conf#/etc/kubernetes/admin.conf" in script
-    assert "flannel" not in kubeadm.init_script(parse_config({"kubernetes": {"cni": "none"}}, "x"))
+        kubeadm.join_configuration(
+            cfg, topo.node("cp3"), certificate_key=None, domain_type="kvm", **creds
+        )

@@ -47,7 +47,7 @@ def test_gates_count_voters_and_joins_name_their_node() -> None:
     assert [steps[f"cp{i}-gate"].voters for i in range(1, 6)] == [1, 2, 3, 4, 5]
     assert steps["cp4-join"].lab_args == ("join", "cp4")
     assert steps["cp4-gate"].lab_args == ("gate", "--voters", "4")
-    assert steps["cp1-init"].lab_args == ()
+    assert steps["cp1-init"].lab_args == ("init",)
 
 
 def test_nodes_have_stable_macs_and_sizes() -> None:
