@@ -8,10 +8,11 @@ LAB   := $(VENV)/bin/lab
 STACK ?= dev
 export LAB_STACK := $(STACK)
 
-# Debian packages per use: rendering checks, the integration harness, the engine tier.
+# Debian packages per use: rendering checks, the integration harness, libvirt (the lab, engine, e2e).
 UNIT_DEBS        := cloud-init genisoimage
 INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps
-ENGINE_DEBS      := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base genisoimage iproute2
+LIBVIRT_DEBS     := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
+                    genisoimage iproute2 util-linux
 IMAGE_DEBS       := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils
 
 .PHONY: help venv up down preview plan diagnose verify engine image image-check lint test test-unit test-program \
@@ -34,8 +35,6 @@ venv: $(VENV)/.installed
 # --- the lab -------------------------------------------------------------------------------
 # Where the host runs no libvirtd, `lab libvirtd start` starts the lab's own in a network
 # namespace; `lab libvirtd exec` runs pulumi there (other `lab` commands enter it by themselves).
-LIBVIRT_DEBS := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-                genisoimage iproute2 util-linux
 IN_LAB := $(LAB) libvirtd exec --stack $(STACK) --
 
 up: venv image engine
@@ -93,14 +92,14 @@ test-integration: venv
 	$(PY) -m pytest tests/integration
 
 test-engine: venv engine
-	scripts/apt-ensure $(ENGINE_DEBS)
+	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(PY) -m pytest tests/engine
 
 # A real cluster (1 control plane + 1 worker) from the node image, under software emulation.
 # Not in `make test` yet: on a 2-core host without KVM its checks after `pulumi up` still fail
 # when the emulated API server is overloaded (README, Tests).
 test-e2e: venv engine image
-	scripts/apt-ensure $(ENGINE_DEBS)
+	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(PY) -m pytest -s tests/e2e
 
 # Speed figures live here, not in tests: lab join vs the seed's strategy, diagnose in parallel.

@@ -251,15 +251,16 @@ def cmd_libvirtd(cfg: LabConfig, args: argparse.Namespace) -> int:
     """start: the host's libvirtd if it runs, else a private one; stop; exec CMD inside it."""
     import os
 
-    from lab.libvirtd import LibvirtdError, for_lab, host_runs_libvirtd
+    from lab.libvirtd import LibvirtdError, for_lab
+    from lab.preflight import libvirt_socket_problem
 
     daemon = for_lab(cfg.state_dir, cfg.cluster.name)
     try:
         if args.action == "start":
             if daemon.pid() is not None:
                 print(f"libvirtd: the lab's private libvirtd runs (namespace {daemon.netns})")
-            elif host_runs_libvirtd():
-                print("libvirtd: this host runs libvirtd; the lab uses it")
+            elif libvirt_socket_problem(cfg.libvirt.uri) is None:
+                print(f"libvirtd: libvirt answers at {cfg.libvirt.uri}; the lab uses it")
             else:
                 daemon.start()
                 print(

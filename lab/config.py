@@ -204,10 +204,6 @@ class Kubernetes(Strict):
             raise ValueError(f"{v!r} is not a Kubernetes version like 1.33.5 (1.28 or later)")
         return v
 
-    @property
-    def minor(self) -> str:
-        return ".".join(self.version.split(".")[:2])
-
 
 PRIVATE_KEY_HEADER = re.compile(rb"^-----BEGIN (OPENSSH |RSA |EC |DSA )?PRIVATE KEY-----")
 

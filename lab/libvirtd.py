@@ -30,7 +30,6 @@ LIBVIRT_DIRS = (
     "/var/cache/libvirt",
     "/var/log/libvirt",
 )
-SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
 START_TIMEOUT = 30.0
 
 
@@ -176,10 +175,6 @@ class PrivateLibvirtd:
 def for_lab(state_dir: Path, cluster: str) -> PrivateLibvirtd:
     """The lab's own private libvirtd: under the state folder, namespace named for the cluster."""
     return PrivateLibvirtd((state_dir / "libvirtd").resolve(), f"{cluster}-libvirt")
-
-
-def host_runs_libvirtd(socket: str = SYSTEM_SOCKET) -> bool:
-    return Path(socket).exists()
 
 
 def reenter(daemon: PrivateLibvirtd, argv: list[str]) -> None:

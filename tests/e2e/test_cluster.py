@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from lab.config import IMAGE_KUBERNETES
+from lab.render import flannel
 
 from .conftest import Libvirtd, Stack
 
@@ -268,9 +269,8 @@ def test_4_a_pod_on_the_worker_reaches_a_pod_on_cp1_by_ip_and_by_service_name(
     ip = cluster.kubectl_json("get", "pod", "web")["status"]["podIP"]
     get = 'exec 3<>/dev/tcp/{0}/{1}; printf "GET /health HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3'
     script = get.format(ip, 2379) + "; " + get.format("web.default.svc.cluster.local", 80)
-    flanneld = "localhost/k8s-libvirt-lab/flanneld:v0.28.10"
     client = cluster.tmp / "client.yaml"
-    client.write_text(pod("client", "worker1", flanneld, ["bash", "-c", script]))
+    client.write_text(pod("client", "worker1", flannel.FLANNEL_IMAGE, ["bash", "-c", script]))
     apply(cluster, client)
     cluster.lab(
         "kubectl",
