@@ -96,8 +96,7 @@ test-engine: venv engine
 	$(PY) -m pytest tests/engine
 
 # A real cluster (1 control plane + 1 worker) from the node image, under software emulation.
-# Not in `make test` yet: on a 2-core host without KVM its checks after `pulumi up` still fail
-# when the emulated API server is overloaded (README, Tests).
+# Not in `make test` yet: it has not yet passed end to end twice in a row here (README, Tests).
 test-e2e: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(PY) -m pytest -s tests/e2e

@@ -238,8 +238,12 @@ def cmd_kubectl(cfg: LabConfig, args: argparse.Namespace) -> int:
 
 
 def _run_on(cfg: LabConfig, node: Node, command: str) -> int:
+    """Run COMMAND on NODE; what is piped into `lab` (`lab kubectl apply -f - < x.yaml`) is its
+    standard input, read whole first. A terminal is not read: the command gets an empty input."""
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+
     async def body(session: Session) -> int:
-        status, out, err = await session.shell(node).run_bytes(command)
+        status, out, err = await session.shell(node).run_bytes(command, input=stdin)
         sys.stdout.buffer.write(out)
         sys.stderr.buffer.write(err)
         return status

@@ -52,7 +52,7 @@ class Cluster:
         while True:
             out = subprocess.run(
                 [*argv, "--config", str(self.config), *args],
-                input=input,
+                input=input or "",
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -267,8 +267,7 @@ def test_4_a_pod_on_the_worker_reaches_a_pod_on_cp1_by_ip_and_by_service_name(
     apply(cluster, manifests)
     cluster.lab("kubectl", "wait", "--for=condition=Ready", "pod/web", "--timeout=600s")
     ip = cluster.kubectl_json("get", "pod", "web")["status"]["podIP"]
-    get = 'exec 3<>/dev/tcp/{0}/{1}; printf "GET /health HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3'
-    script = get.format(ip, 2379) + "; " + get.format("web.default.svc.cluster.local", 80)
+    script = FETCH + f"; fetch {ip} 2379 && fetch web.default.svc.cluster.local 80"
     client = cluster.tmp / "client.yaml"
     client.write_text(pod("client", "worker1", flannel.FLANNEL_IMAGE, ["bash", "-c", script]))
     apply(cluster, client)
@@ -281,6 +280,18 @@ def test_4_a_pod_on_the_worker_reaches_a_pod_on_cp1_by_ip_and_by_service_name(
     )
     logs = cluster.lab("kubectl", "logs", "client").stdout
     assert logs.count('"health":"true"') == 2, logs
+
+
+# GET /health, tried every 5 s for 5 min: Ready means etcd's container started, not that it
+# listens yet, and kube-proxy on the worker rejects the service's port until it has seen the
+# endpoint; both take a while on an emulated guest. Each refused try is in the client's log.
+FETCH = """fetch() {
+  for _ in $(seq 60); do
+    (exec 3<>/dev/tcp/$1/$2 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3) && return
+    sleep 5
+  done
+  return 1
+}"""
 
 
 def apply(cluster: Cluster, manifest: Path) -> None:

@@ -580,18 +580,25 @@ class Harness:
     def lab_argv(self, *args: str) -> list[str]:
         script = Path(sys.executable).parent / "lab"
         cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lab.cli"]
-        return ["ip", "netns", "exec", self.host.ns, *cmd, *args, "--config", str(self.config_path)]
+        # --config goes before a `--`, after which the words are the remote command's.
+        at = args.index("--") if "--" in args else len(args)
+        config = ("--config", str(self.config_path))
+        return ["ip", "netns", "exec", self.host.ns, *cmd, *args[:at], *config, *args[at:]]
 
     def lab_env(self) -> dict[str, str]:
         """The caller's environment; the repo on PYTHONPATH in case `lab` is not installed."""
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
 
-    def lab(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run `lab ARGS --config cluster.yaml` on the lab host; never raises on exit codes."""
+    def lab(
+        self, *args: str, timeout: float = 300, input: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `lab ARGS --config cluster.yaml` on the lab host, INPUT piped in; never raises on
+        exit codes."""
         env = self.lab_env()
         proc = subprocess.run(
             self.lab_argv(*args),
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -188,6 +188,18 @@ def test_7_bad_input(make_harness: Callable[..., Harness]) -> None:
     assert sorted(m["ID"] for m in lab.members()) == before and not lab.learners()
 
 
+def test_7b_lab_ssh_pipes_its_input_and_exits_with_the_commands_status(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """What `lab kubectl apply -f - < x.yaml` needs: the piped input reaches the remote command
+    and ends there (a command reading it to the end returns), as root through sudo."""
+    lab = make_harness(nodes=("cp1",))
+    piped = lab.lab("ssh", "cp1", "--", "sh", "-c", "cat; id -u", input="kind: Pod\n")
+    assert ok(piped) == "kind: Pod\n0\n"
+    failed = lab.lab("ssh", "cp1", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3
+
+
 def test_8_tier_fails_when_it_cannot_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Missing root, etcd or sshd makes the tier error (red), never skip (green)."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)

@@ -165,6 +165,26 @@ def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
     assert join["patches"] == init["patches"] == {"directory": kubeadm.PATCHES_DIR}
 
 
+def test_a_one_vcpu_control_plane_passes_kubeadms_cpu_check_and_a_two_vcpu_one_keeps_it(
+    tmp_path: Path,
+) -> None:
+    cfg = parse_config({"state_dir": str(tmp_path), "control_plane": {"cpus": 1}}, "test")
+    topo = build_topology(cfg)
+    init, _ = yaml.safe_load_all(kubeadm.init_configuration(cfg, topo.first, [topo.first], "qemu"))
+    assert init["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU"]
+    creds = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
+    cp2 = yaml.safe_load(
+        kubeadm.join_configuration(
+            cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **creds
+        )
+    )
+    assert cp2["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU"]
+    default = parse_config({"state_dir": str(tmp_path)}, "test")
+    cp1 = build_topology(default).first
+    init, _ = yaml.safe_load_all(kubeadm.init_configuration(default, cp1, [cp1], "qemu"))
+    assert "ignorePreflightErrors" not in init["nodeRegistration"]
+
+
 def test_emulated_control_plane_pods_get_slower_probes_on_the_probes_they_have() -> None:
     """A strategic-merge patch that adds a probe a pod lacks would leave it without a handler:
     each pod's patch touches only the probes kubeadm gives it."""
@@ -181,7 +201,12 @@ def test_emulated_control_plane_pods_get_slower_probes_on_the_probes_they_have()
     }
     etcd = patches["etcd+strategic.yaml"]["spec"]["containers"][0]
     assert etcd["name"] == "etcd" and "readinessProbe" not in etcd
-    assert etcd["livenessProbe"] == {"timeoutSeconds": 60, "periodSeconds": 30}
+    assert etcd["livenessProbe"] == {
+        "timeoutSeconds": 60,
+        "periodSeconds": 30,
+        "failureThreshold": 20,
+    }
+    assert etcd["startupProbe"] == {"timeoutSeconds": 60, "periodSeconds": 30}
     api = patches["kube-apiserver+strategic.yaml"]["spec"]["containers"][0]
     assert {"livenessProbe", "readinessProbe", "startupProbe"} <= set(api)
 
