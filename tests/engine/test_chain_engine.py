@@ -275,6 +275,9 @@ def test_7_killed_up_cancel_refresh_then_up_finishes(chain: Chain) -> None:
     assert {"cp2-join", "cp2-gate", "cp3-join"} <= chain.resources().keys()
 
 
+ISO_READ_RACE = "error while retrieving remote ISO"
+
+
 def refresh_retrying_the_iso_read_race(chain: Chain, attempts: int = 3) -> None:
     """The refresh a user runs, run again (as README says) when the libvirt provider reads a
     cloud-init disk back as empty: go-libvirt can take a download's first chunk for the reply."""
@@ -282,10 +285,7 @@ def refresh_retrying_the_iso_read_race(chain: Chain, attempts: int = 3) -> None:
         out = chain.stack.pulumi(
             "refresh", "--yes", "--skip-preview", "--clear-pending-creates", check=False
         )
-        if (
-            out.returncode == 0
-            or "error while retrieving remote ISO" not in out.stdout + out.stderr
-        ):
+        if out.returncode == 0 or ISO_READ_RACE not in out.stdout + out.stderr:
             break
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -15,6 +15,9 @@ from lab.config import LabConfig, parse_config
 from lab.render import cloudinit, flannel, kubeadm
 from lab.topology import Node, Topology, build_topology
 
+# What `lab join` fetches from cp1 before each attempt; any well-formed values do here.
+CREDS = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
+
 
 @pytest.fixture
 def lab(tmp_path: Path) -> tuple[LabConfig, Topology, Path]:
@@ -155,10 +158,9 @@ def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
     for component in ("controllerManager", "scheduler"):
         flags = {a["name"]: a["value"] for a in cluster[component]["extraArgs"]}
         assert flags["leader-elect-renew-deadline"] == "40s"
-    creds = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
     join = yaml.safe_load(
         kubeadm.join_configuration(
-            cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **creds
+            cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **CREDS
         )
     )
     assert join["timeouts"] == kubeadm.EMULATED_TIMEOUTS
@@ -172,10 +174,9 @@ def test_a_one_vcpu_control_plane_passes_kubeadms_cpu_check_and_a_two_vcpu_one_k
     topo = build_topology(cfg)
     init, _ = yaml.safe_load_all(kubeadm.init_configuration(cfg, topo.first, [topo.first], "qemu"))
     assert init["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU"]
-    creds = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
     cp2 = yaml.safe_load(
         kubeadm.join_configuration(
-            cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **creds
+            cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **CREDS
         )
     )
     assert cp2["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU"]
@@ -213,27 +214,26 @@ def test_emulated_control_plane_pods_get_slower_probes_on_the_probes_they_have()
 
 def test_join_configuration_for_a_control_plane_and_a_worker(lab) -> None:
     cfg, topo, _ = lab
-    creds = {"token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:" + "0" * 64}
     cp = yaml.safe_load(
         kubeadm.join_configuration(
-            cfg, topo.node("cp3"), certificate_key="k" * 64, domain_type="kvm", **creds
+            cfg, topo.node("cp3"), certificate_key="k" * 64, domain_type="kvm", **CREDS
         )
     )
     assert cp["kind"] == "JoinConfiguration"
     assert cp["discovery"]["bootstrapToken"] == {
         "apiServerEndpoint": "10.30.0.11:6443",
-        "token": creds["token"],
-        "caCertHashes": [creds["ca_cert_hash"]],
+        "token": CREDS["token"],
+        "caCertHashes": [CREDS["ca_cert_hash"]],
     }
     assert cp["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == "10.30.0.13"
     assert cp["controlPlane"]["certificateKey"] == "k" * 64
     worker = yaml.safe_load(
         kubeadm.join_configuration(
-            cfg, topo.node("worker1"), certificate_key=None, domain_type="kvm", **creds
+            cfg, topo.node("worker1"), certificate_key=None, domain_type="kvm", **CREDS
         )
     )
     assert "controlPlane" not in worker
     with pytest.raises(ValueError, match="cp3 is a control plane"):
         kubeadm.join_configuration(
-            cfg, topo.node("cp3"), certificate_key=None, domain_type="kvm", **creds
+            cfg, topo.node("cp3"), certificate_key=None, domain_type="kvm", **CREDS
         )
