@@ -3,8 +3,13 @@
 The node image (image/, `make image`) already holds everything a node runs: containerd,
 kubeadm, kubelet, kubectl and every container image. cloud-init only configures: the node's
 static lab address, the lab user and key, a pinned SSH host key (so the first connection is
-already verified), /etc/hosts, and on cp1 the kubeadm configuration and flannel's manifest.
-Nothing is installed or pulled at boot.
+already verified), its own /etc/hosts line, and on cp1 the kubeadm configuration and flannel's
+manifest. Nothing is installed or pulled at boot.
+
+A node's user data depends on that node alone, never on which other nodes exist: the provider
+replaces a cloud-init disk whose user data changed, so a node list in it would rebuild every
+machine when a worker is added. Other nodes' names resolve through the lab network's DNS, which
+libvirt updates in place.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ from lab.topology import Node, Topology
 INTERFACE = "eth0"  # set by network-config from the MAC
 
 
-def _hosts(cfg: LabConfig, topo: Topology) -> str:
-    """/etc/hosts lines for every node: name resolution must not depend on the lab's DNS."""
-    domain = cfg.network.domain
-    return "".join(f"{n.address} {n.name}.{domain} {n.name}\n" for n in topo.nodes)
+def _own_hosts_line(cfg: LabConfig, node: Node) -> str:
+    """Its own name on its lab address (not 127.0.1.1): kubeadm and the kubelet look it up."""
+    return f"{node.address} {node.name}.{cfg.network.domain} {node.name}\n"
 
 
 def user_data(
@@ -39,7 +43,7 @@ def user_data(
     """The #cloud-config for `node`; host_key is (private PEM, public line) from lab.keys."""
     files: list[dict[str, Any]] = []
     if node == topo.first:
-        init = kubeadm.init_configuration(cfg, node, list(topo.nodes), domain_type)
+        init = kubeadm.init_configuration(cfg, node, domain_type)
         files.append({"path": kubeadm.INIT_PATH, "content": init, "permissions": "0600"})
         files += [
             {"path": path, "content": patch}
@@ -64,7 +68,7 @@ def user_data(
         "ssh_pwauth": False,
         "ssh_deletekeys": True,  # only the pinned key below is offered
         "ssh_keys": {"ed25519_private": host_key[0], "ed25519_public": host_key[1]},
-        "runcmd": [f"printf '%s' '{_hosts(cfg, topo)}' >> /etc/hosts"],
+        "runcmd": [f"printf '%s' '{_own_hosts_line(cfg, node)}' >> /etc/hosts"],
     }
     if files:  # cloud-init's schema refuses an empty write_files
         doc["write_files"] = files

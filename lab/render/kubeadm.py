@@ -98,10 +98,10 @@ def api_endpoint(cfg: LabConfig) -> str:
     return f"{cfg.endpoint_address}:{API_PORT}"
 
 
-def init_configuration(
-    cfg: LabConfig, node: Node, all_nodes: list[Node], domain_type: DomainType
-) -> str:
-    """InitConfiguration + ClusterConfiguration for the first control plane."""
+def init_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> str:
+    """InitConfiguration + ClusterConfiguration for the first control plane. Its certSANs name
+    the endpoint only: kubeadm adds each control plane's own address to that node's certificate,
+    so no list of control planes (which changes when they are scaled) is needed here."""
     k8s = cfg.kubernetes
     init: dict[str, Any] = {
         "apiVersion": API,
@@ -109,7 +109,6 @@ def init_configuration(
         "localAPIEndpoint": {"advertiseAddress": str(node.address), "bindPort": API_PORT},
         "nodeRegistration": _node_registration(node),
     }
-    sans = [str(cfg.endpoint_address)] + [str(n.address) for n in all_nodes if n.is_control_plane]
     cluster: dict[str, Any] = {
         "apiVersion": API,
         "kind": "ClusterConfiguration",
@@ -121,7 +120,7 @@ def init_configuration(
             "serviceSubnet": str(k8s.service_cidr),
             "dnsDomain": "cluster.local",
         },
-        "apiServer": {"certSANs": sorted(set(sans))},
+        "apiServer": {"certSANs": [str(cfg.endpoint_address)]},
     }
     if domain_type == "qemu":
         init["timeouts"] = EMULATED_TIMEOUTS | {"upgradeManifests": "20m0s"}

@@ -572,7 +572,7 @@ class Harness:
         # the node's /etc/kubernetes is its kube dir, bind-mounted
         path = first.dir / "kube" / Path(kubeadm.INIT_PATH).relative_to("/etc/kubernetes")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(kubeadm.init_configuration(cfg, topo.first, list(topo.nodes), "kvm"))
+        path.write_text(kubeadm.init_configuration(cfg, topo.first, "kvm"))
         path.chmod(0o600)
 
     # ---- running things -------------------------------------------------------------------------

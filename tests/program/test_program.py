@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 
@@ -78,6 +79,25 @@ def test_machines_are_independent_of_each_other(run_program) -> None:
             assert not any(d.startswith(("cp", "worker")) and not d.startswith(node) for d in deps)
     assert g.deps("cp1-domain") >= {"cp1-disk", "cp1-cloudinit", "network"}
     assert g.deps("cp1-disk") >= {"base-image", "pool"}
+
+
+def test_scaling_changes_no_input_of_the_nodes_that_stay(run_program) -> None:
+    """A changed cloud-init disk or join is replaced, and a replaced control plane leaves the
+    cluster: adding a worker or scaling control planes 3 -> 1 -> 3 must not touch the others."""
+    runs = [
+        run_program(control_planes="3", workers="2"),
+        run_program(control_planes="1", workers="0"),
+        run_program(control_planes="3", workers="3"),
+    ]
+    for before, after in itertools.pairwise(runs):
+        kept = [
+            name
+            for name, r in before.resources.items()
+            if r.custom and name in after.resources and name.startswith(("cp", "worker"))
+        ]
+        assert "cp1-cloudinit" in kept and "cp1-init" in kept
+        for name in kept:
+            assert before.resources[name].inputs == after.resources[name].inputs, name
 
 
 def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -> None:

@@ -65,7 +65,8 @@ def test_user_data_sets_node_identity_user_and_pinned_host_key(lab) -> None:
     assert doc["ssh_keys"]["ed25519_public"] == keys.pinned_host_key(state, "cp2")
     assert doc["ssh_pwauth"] is False
     cmds = "\n".join(doc["runcmd"])
-    assert "10.30.0.13 cp3.lab.local cp3" in cmds  # /etc/hosts knows every node
+    assert "10.30.0.12 cp2.lab.local cp2" in cmds  # its own name on its lab address
+    assert "cp3" not in cmds  # other nodes resolve through the network's DNS
 
 
 def test_user_data_only_configures(lab) -> None:
@@ -129,9 +130,7 @@ def test_network_config_is_static_on_the_lab_bridge(lab) -> None:
 
 def test_init_configuration_advertises_the_lab_address(lab) -> None:
     cfg, topo, _ = lab
-    init, cluster = yaml.safe_load_all(
-        kubeadm.init_configuration(cfg, topo.first, list(topo.nodes), "kvm")
-    )
+    init, cluster = yaml.safe_load_all(kubeadm.init_configuration(cfg, topo.first, "kvm"))
     assert init["apiVersion"] == cluster["apiVersion"] == "kubeadm.k8s.io/v1beta4"
     assert init["localAPIEndpoint"]["advertiseAddress"] == "10.30.0.11"
     assert init["nodeRegistration"]["kubeletExtraArgs"] == [
@@ -140,7 +139,7 @@ def test_init_configuration_advertises_the_lab_address(lab) -> None:
     assert cluster["controlPlaneEndpoint"] == "10.30.0.11:6443"
     assert cluster["kubernetesVersion"] == "v1.34.4"
     assert cluster["networking"]["podSubnet"] == "10.244.0.0/16"
-    assert {"10.30.0.11", "10.30.0.12", "10.30.0.13"} <= set(cluster["apiServer"]["certSANs"])
+    assert cluster["apiServer"]["certSANs"] == ["10.30.0.11"]
     assert "timeouts" not in init and "etcd" not in cluster  # kubeadm's defaults under KVM
 
 
@@ -148,9 +147,7 @@ def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
     """Under domain type qemu, kubeadm's default timeouts fail a control-plane join after ~190 s
     and etcd's default election timeout churns: both are raised, for init and join alike."""
     cfg, topo, _ = lab
-    init, cluster = yaml.safe_load_all(
-        kubeadm.init_configuration(cfg, topo.first, list(topo.nodes), "qemu")
-    )
+    init, cluster = yaml.safe_load_all(kubeadm.init_configuration(cfg, topo.first, "qemu"))
     assert init["timeouts"]["etcdAPICall"] == "20m0s"
     assert init["timeouts"]["upgradeManifests"] == "20m0s"
     args = {a["name"]: a["value"] for a in cluster["etcd"]["local"]["extraArgs"]}
@@ -172,7 +169,7 @@ def test_a_one_vcpu_control_plane_passes_kubeadms_cpu_check_and_a_two_vcpu_one_k
 ) -> None:
     cfg = parse_config({"state_dir": str(tmp_path), "control_plane": {"cpus": 1}}, "test")
     topo = build_topology(cfg)
-    init, _ = yaml.safe_load_all(kubeadm.init_configuration(cfg, topo.first, [topo.first], "qemu"))
+    init, _ = yaml.safe_load_all(kubeadm.init_configuration(cfg, topo.first, "qemu"))
     assert init["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU"]
     cp2 = yaml.safe_load(
         kubeadm.join_configuration(
@@ -182,7 +179,7 @@ def test_a_one_vcpu_control_plane_passes_kubeadms_cpu_check_and_a_two_vcpu_one_k
     assert cp2["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU"]
     default = parse_config({"state_dir": str(tmp_path)}, "test")
     cp1 = build_topology(default).first
-    init, _ = yaml.safe_load_all(kubeadm.init_configuration(default, cp1, [cp1], "qemu"))
+    init, _ = yaml.safe_load_all(kubeadm.init_configuration(default, cp1, "qemu"))
     assert "ignorePreflightErrors" not in init["nodeRegistration"]
 
 
