@@ -9,8 +9,9 @@ STACK ?= dev
 export LAB_STACK := $(STACK)
 
 # Debian packages per use: rendering checks, the integration harness, libvirt (the lab, engine, e2e).
-UNIT_DEBS        := cloud-init genisoimage
-INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps
+UNIT_DEBS        := cloud-init genisoimage haproxy
+INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps \
+                    keepalived haproxy curl
 LIBVIRT_DEBS     := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
                     genisoimage iproute2 util-linux
 IMAGE_DEBS       := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils

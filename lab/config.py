@@ -34,6 +34,8 @@ LIBVIRT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
 LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 NODE_CIDR_PREFIX = 24  # kube-controller-manager gives each node a /24 of the pod CIDR
 MAX_SERVICE_PREFIX = 12  # kube-apiserver refuses an IPv4 service range larger than a /12
+API_PORT = 6443  # every kube-apiserver's own port
+VIP_HOST = 10  # the default VIP: the network's .10 (control planes are .11 on, workers .21 on)
 
 
 def _expand_home(value: Any) -> Any:
@@ -163,10 +165,23 @@ class Image(Strict):
 
 
 class Endpoint(Strict):
-    """Where kubeadm's controlPlaneEndpoint points: cp1's address. (kube-vip's image cannot be
-    had offline; a VIP of keepalived and haproxy is the HA endpoint's next step.)"""
+    """Where kubeadm's controlPlaneEndpoint points. `vip` (the default): a virtual address that
+    keepalived (VRRP) keeps on a healthy control plane, where haproxy on `port` spreads the
+    connections over every API server; it works offline, from Debian's packages in the node
+    image. `cp1`: cp1's API server itself, a single point of failure. The endpoint is fixed at
+    `kubeadm init`, so the default does not depend on the number of control planes: a lab begun
+    with one can grow to three. `vip` defaults to the network's .10."""
 
-    mode: Literal["cp1"] = "cp1"
+    mode: Literal["vip", "cp1"] = "vip"
+    vip: ipaddress.IPv4Address | None = None
+    port: int = Field(8443, ge=1, le=65535)
+
+    @field_validator("port")
+    @classmethod
+    def _not_the_api_servers(cls, v: int) -> int:
+        if v == API_PORT:
+            raise ValueError(f"{v} is the API servers' own port; haproxy needs another, e.g. 8443")
+        return v
 
 
 class Kubernetes(Strict):
@@ -297,6 +312,8 @@ class LabConfig(Strict):
             (f"nodes.{n}.address" if n in self.nodes else f"{n}'s default address", a)
             for n, a in self.addresses.items()
         ]
+        if self.kubernetes.control_plane_endpoint.mode == "vip":
+            claims.insert(0, ("kubernetes.control_plane_endpoint.vip", self.endpoint_address))
         for what, addr in claims:
             if addr not in net or addr in hosts:
                 raise ValueError(
@@ -358,8 +375,17 @@ class LabConfig(Strict):
 
     @property
     def endpoint_address(self) -> ipaddress.IPv4Address:
-        """controlPlaneEndpoint's address: cp1's."""
-        return self.addresses["cp1"]
+        """controlPlaneEndpoint's address: the VIP (by default the network's .10), or cp1's."""
+        endpoint = self.kubernetes.control_plane_endpoint
+        if endpoint.mode == "cp1":
+            return self.addresses["cp1"]
+        return endpoint.vip or self.network.cidr.network_address + VIP_HOST
+
+    @property
+    def endpoint_port(self) -> int:
+        """haproxy's port in front of the API servers, or cp1's API server's own."""
+        endpoint = self.kubernetes.control_plane_endpoint
+        return endpoint.port if endpoint.mode == "vip" else API_PORT
 
     @property
     def image_source(self) -> str:

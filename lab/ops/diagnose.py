@@ -1,6 +1,7 @@
 """`lab diagnose`: why a join fails, in seconds. Every control plane probes every other on
 2379/2380/6443 (all nodes and paths at once), then the member list, an endpoint status table,
-stale learners, and a recommendation that names the most likely root cause.
+stale learners, who holds the control-plane VIP, and a recommendation that names the most likely
+root cause.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from lab.etcd import PEER_PORT, EtcdError, Status
 from lab.ops.cleanup import Stale, stale_learners
 from lab.ops.common import OpFailed, Session, Snapshot
+from lab.ops.endpoint import EndpointState, endpoint_states, serves_vip
 from lab.ops.node import TcpPath, probe
 
 PORTS = (2379, 2380, 6443)
@@ -32,6 +34,7 @@ class Report:
     snapshot: Snapshot
     stale: list[Stale]
     recommendation: Recommendation
+    endpoint: list[EndpointState]  # empty unless the endpoint is a VIP
 
     def to_dict(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -49,6 +52,7 @@ class Report:
             "alarms": [{"member_id": f"{a.member_id:x}", "alarm": a.alarm} for a in snap.alarms],
             "etcd_error": snap.read_error,
             "stale_learners": [s.to_dict() for s in self.stale],
+            "endpoint": [e.to_dict() for e in self.endpoint],
             "recommendation": self.recommendation.to_dict(),
         }
 
@@ -140,13 +144,18 @@ async def diagnose(session: Session) -> Report:
         except (OpFailed, EtcdError) as e:
             return Snapshot([], {}, [], str(e), str(e), session.topo.nodes)
 
-    snap, probes = await asyncio.gather(
-        etcd_snapshot(), asyncio.gather(*(probe(session, src, targets[src.name]) for src in cps))
+    async def endpoint() -> list[EndpointState]:
+        return await endpoint_states(session) if serves_vip(session) else []
+
+    snap, probes, vip = await asyncio.gather(
+        etcd_snapshot(),
+        asyncio.gather(*(probe(session, src, targets[src.name]) for src in cps)),
+        endpoint(),
     )
     paths = [p for ps in probes for p in ps]
     session.say(None, f"etcd: {len(snap.voters)} voter(s), {len(snap.learners)} learner(s)")
     stale = stale_learners([snap], node=None, max_lag=session.cfg.tuning.gate_max_applied_lag)
-    return Report(paths, snap, stale, recommend(paths, snap, stale))
+    return Report(paths, snap, stale, recommend(paths, snap, stale), vip)
 
 
 def _size(n: int) -> str:
@@ -220,6 +229,12 @@ def render(report: Report) -> str:
     lines.append(
         "stale learners: " + (", ".join(f"{s.label} ({s.reason})" for s in report.stale) or "none")
     )
+    if report.endpoint:
+        lines.append("")
+        lines.append("control-plane VIP (keepalived, haproxy):")
+        for e in report.endpoint:
+            services = ", ".join(f"{k} {v}" for k, v in e.services.items())
+            lines.append(f"  {e.node:<10}{'holds the VIP' if e.holds_vip else '-':<15}{services}")
     lines.append("")
     lines.append(f"recommendation: {report.recommendation.cause}")
     lines.append(f"  {report.recommendation.detail}")

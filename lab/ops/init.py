@@ -1,4 +1,5 @@
-"""`lab init`: the first control plane's `kubeadm init`, then the CNI.
+"""`lab init`: the first control plane's endpoint (keepalived, haproxy), its `kubeadm init`, then
+the CNI.
 
 kubeadm init runs on the node in the background, its output and exit status going to files, and
 `lab` polls it over SSH: a connection dropped mid-init (seen with loaded emulated guests) costs a
@@ -13,6 +14,7 @@ import shlex
 import time
 
 from lab.ops.common import OpFailed, Session
+from lab.ops.endpoint import serve_endpoint, serves_vip
 from lab.ops.node import KUBECONFIG, gist, kubeadm_reset, wait_until_reachable
 from lab.render import flannel
 from lab.render.kubeadm import INIT_PATH
@@ -36,6 +38,9 @@ async def init(session: Session) -> None:
     say(f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
     await wait_until_reachable(session, node, t.join_max_wait_seconds)
     say("SSH answers and cloud-init is done")
+    if serves_vip(session):
+        await serve_endpoint(session, node)
+        say(f"endpoint {session.cfg.endpoint_address}:{session.cfg.endpoint_port} served")
     state = await init_state(session, node)
     if state not in ("done", "running"):
         if state == "failed":

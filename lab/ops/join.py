@@ -1,10 +1,10 @@
 """`lab join <node>`: join a node, retried until it holds or the budget is spent.
 
-One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API 6443), undo what
+One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API endpoint), undo what
 an earlier attempt left (reset the node, remove its member, remove stale learners), gate on the
 current voters, fresh credentials from cp1, `kubeadm join`, gate on one more voter. One worker
-attempt: preflight (API 6443), fresh credentials, `kubeadm join`. After a failed attempt the node
-is reset and its member removed, then we back off; a final failure leaves etcd as it was (no
+attempt: preflight (API endpoint), fresh credentials, `kubeadm join`. After a failed attempt the
+node is reset and its member removed, then we back off; a final failure leaves etcd as it was (no
 member for the node) and prints a diagnosis.
 """
 
@@ -18,6 +18,7 @@ from lab.ops.classify import classify
 from lab.ops.cleanup import cleanup_learners
 from lab.ops.common import OpFailed, Session, owns
 from lab.ops.diagnose import diagnose, render
+from lab.ops.endpoint import refresh_others, serve_endpoint, serves_vip
 from lab.ops.gate import gate
 from lab.ops.node import (
     fetch_credentials,
@@ -29,7 +30,6 @@ from lab.ops.node import (
     write_join_config,
 )
 from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
-from lab.render.kubeadm import API_PORT
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -38,6 +38,10 @@ async def join(session: Session, name: str) -> None:
     node, t = session.topo.node(name), session.cfg.tuning
     session.say(name, f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
     await wait_until_reachable(session, node, t.join_max_wait_seconds)
+    if node.is_control_plane and serves_vip(session):
+        session.say(name, "endpoint: keepalived and haproxy here, haproxy's list on the others")
+        await serve_endpoint(session, node)
+        await refresh_others(session, node)
     if await already_joined(session, node):
         session.say(name, "already joined and healthy: no-op")
         return
@@ -71,7 +75,7 @@ async def join(session: Session, name: str) -> None:
 
 async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> None:
     step, t = progress(session, node, attempt), session.cfg.tuning
-    step("preflight: SSH, peer port 2380 both ways, API endpoint 6443")
+    step("preflight: SSH, peer port 2380 both ways, API endpoint")
     await preflight(session, node)
     step("remove leftovers: kubeadm reset -f, its etcd member, stale learners")
     await forget(session, node)
@@ -87,7 +91,7 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
 
 
 async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:
-    progress(session, node, attempt)("preflight: SSH, API endpoint 6443")
+    progress(session, node, attempt)("preflight: SSH, API endpoint")
     await preflight(session, node)
     await kubeadm_join_fresh(session, node, attempt)
 
@@ -137,10 +141,10 @@ async def already_joined(session: Session, node: Node) -> bool:
 
 
 async def preflight(session: Session, node: Node) -> None:
-    """cpN -> voters:2380 and cpN -> API:6443 must connect; voters -> cpN:2380 must not be
+    """cpN -> voters:2380 and cpN -> the API endpoint must connect; voters -> cpN:2380 must not be
     filtered (nothing listens there yet, so 'refused' is fine and a timeout is a block)."""
-    endpoint = str(session.cfg.endpoint_address)
-    api = (endpoint, endpoint, API_PORT)
+    endpoint, port = str(session.cfg.endpoint_address), session.cfg.endpoint_port
+    api = (endpoint, endpoint, port)
     if not node.is_control_plane:
         paths = await probe(session, node, [api])
     else:

@@ -1,5 +1,6 @@
 """`lab verify`: is the cluster done? Every member started, no learner, the expected number of
-voters, every endpoint healthy, and every node of the config Ready (kubectl on cp1).
+voters, every endpoint healthy, every node of the config Ready (kubectl on cp1), and (mode vip)
+the VIP on exactly one control plane.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from lab.etcd import EtcdError
 from lab.ops.common import OpFailed, Session, Snapshot
+from lab.ops.endpoint import EndpointState, endpoint_states, serves_vip
 from lab.ops.node import kube_nodes
 from lab.ssh import SshError
 
@@ -70,6 +72,19 @@ def node_checks(ready: dict[str, bool], expected: list[str]) -> list[Check]:
     return [Check("nodes Ready", not missing and not not_ready, detail)]
 
 
+def vip_check(states: list[EndpointState]) -> Check:
+    """One holder, and its keepalived and haproxy active: two would be a split (VRRP adverts
+    lost between them), none an endpoint nobody answers."""
+    holders = [s for s in states if s.holds_vip]
+    down = [f"{s.node} {k} {v}" for s in holders for k, v in s.services.items() if v != "active"]
+    if len(holders) == 1 and not down:
+        return Check("endpoint VIP", True, f"on {holders[0].node}")
+    if not holders:
+        return Check("endpoint VIP", False, "no control plane holds it")
+    detail = "held by " + ", ".join(s.node for s in holders)
+    return Check("endpoint VIP", False, "; ".join([detail, *down]))
+
+
 async def checks_now(session: Session) -> list[Check]:
     try:
         snap = await session.snapshot()
@@ -81,6 +96,8 @@ async def checks_now(session: Session) -> list[Check]:
         checks += node_checks(ready, [n.name for n in session.topo.nodes])
     except (OpFailed, SshError) as e:
         checks.append(Check("nodes Ready", False, str(e)))
+    if serves_vip(session):
+        checks.append(vip_check(await endpoint_states(session)))
     return checks
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from lab.config import LabConfig
-from lab.render.kubeadm import API_PORT
 
 # Tagged by image/build.sh from image/go/flannel/go.mod; a unit test keeps the two in step.
 FLANNEL_VERSION = "v0.28.10"
@@ -40,7 +39,7 @@ def _meta(name: str, namespaced: bool = True) -> dict[str, Any]:
 
 
 def manifest(cfg: LabConfig) -> str:
-    api_host = str(cfg.endpoint_address)
+    api_host, api_port = str(cfg.endpoint_address), str(cfg.endpoint_port)
     net_conf = {"Network": str(cfg.kubernetes.pod_cidr), "Backend": {"Type": "vxlan"}}
     volumes = {
         "run": ("/run/flannel", {"hostPath": {"path": "/run/flannel"}}),
@@ -130,10 +129,10 @@ def manifest(cfg: LabConfig) -> str:
                                         "name": "NODE_NAME",
                                         "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
                                     },
-                                    # The API server itself, not its service IP: that one needs
+                                    # The endpoint (the VIP, or cp1), not the service IP: that needs
                                     # kube-proxy, which may start after flannel on a new node.
                                     {"name": "KUBERNETES_SERVICE_HOST", "value": api_host},
-                                    {"name": "KUBERNETES_SERVICE_PORT", "value": str(API_PORT)},
+                                    {"name": "KUBERNETES_SERVICE_PORT", "value": api_port},
                                 ],
                                 "resources": {"requests": {"cpu": "50m", "memory": "50Mi"}},
                                 "securityContext": {

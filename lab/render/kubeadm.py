@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import LabConfig
+from lab.config import API_PORT, LabConfig
 from lab.domain_type import DomainType
 from lab.topology import Node
 
@@ -18,7 +18,6 @@ API = "kubeadm.k8s.io/v1beta4"
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 INIT_PATH = "/etc/kubernetes/lab/init.yaml"
 JOIN_PATH = "/etc/kubernetes/lab/join.yaml"
-API_PORT = 6443
 
 # Under software emulation (domain type qemu) kubeadm's default timeouts are too short: a
 # control-plane join between two emulated guests failed after ~190 s, leaving its learner. These
@@ -95,7 +94,7 @@ def _args(flags: dict[str, str]) -> list[dict[str, str]]:
 
 
 def api_endpoint(cfg: LabConfig) -> str:
-    return f"{cfg.endpoint_address}:{API_PORT}"
+    return f"{cfg.endpoint_address}:{cfg.endpoint_port}"
 
 
 def init_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> str:

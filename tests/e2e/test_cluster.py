@@ -307,10 +307,12 @@ def apply(cluster: Cluster, manifest: Path) -> None:
     cluster.lab("kubectl", "apply", "-f", "-", input=manifest.read_text())
 
 
-def test_5_etcd_has_one_voter_and_no_learner(cluster: Cluster) -> None:
-    """Read by `lab` itself from the real etcd, over TLS with the client certs it fetched."""
+def test_5_etcd_has_one_voter_and_no_learner_and_cp1_holds_the_vip(cluster: Cluster) -> None:
+    """Read by `lab` itself from the real etcd, over TLS with the client certs it fetched; every
+    kubectl of these cases went through the VIP and haproxy (admin.conf's server)."""
     report = json.loads(cluster.lab("verify", "--json").stdout)
     assert report["ok"], report
+    assert {"check": "endpoint VIP", "ok": True, "detail": "on cp1"} in report["checks"]
     diagnosis = json.loads(cluster.lab("diagnose", "--json").stdout)
     members = [(m["name"], m["is_learner"], m["started"]) for m in diagnosis["members"]]
     assert members == [("cp1", False, True)]

@@ -6,14 +6,15 @@ Layout of one run (RUN = labit<6 hex>, unique per run):
     RUN-host  10.30.0.1/24, where `lab` runs (the lab host, the network's gateway)
     RUN-cp1   10.30.0.11/24, RUN-cp2 .12, RUN-cp3 .13, RUN-worker1 .21
 
-Each node also has a mount namespace of its own, held by a `sleep` process: the node's temp dirs
-are bind-mounted on /etc/kubernetes and /var/lib/etcd there, and everything of the node (sshd,
-the sessions it starts, etcd, the API server listener) runs inside it and the node's netns. sshd
-uses the host key `lab.keys.ensure_host_key` made (so `lab`'s pinned key matches) and authorizes
-`lab.keys.ensure_user_key`. The node's bin dir (the stand-ins: kubeadm, kubectl, cloud-init) is
-what /usr/bin is on a VM: first on the login's PATH and, through the node's own /etc/sudoers, on
-sudo's secure_path. With `user_data_files=True`, cp1 also gets /etc/kubernetes/lab/init.yaml, as
-its cloud-init user-data writes it on a VM (the chain's init script reads it).
+Each node also has a mount namespace of its own, held by a `sleep` process: the node's temp dirs are
+bind-mounted on /etc/kubernetes, /var/lib/etcd, /etc/keepalived and /etc/haproxy there, and
+everything of the node (sshd, the sessions it starts, etcd, the API server listener, keepalived,
+haproxy) runs inside it and the node's netns. sshd uses the host key `lab.keys.ensure_host_key` made
+(so `lab`'s pinned key matches) and authorizes `lab.keys.ensure_user_key`. The node's bin dir (the
+stand-ins: kubeadm, kubectl, cloud-init, systemctl) is what /usr/bin is on a VM: first on the
+login's PATH and, through the node's own /etc/sudoers, on sudo's secure_path. With
+`user_data_files=True`, cp1 also gets /etc/kubernetes/lab/init.yaml, as its cloud-init user-data
+writes it on a VM (the chain's init script reads it).
 Faults are iptables rules and tc qdiscs inside a node's namespace, so they vanish with it.
 `close()` kills every process of every namespace of the run and deletes them.
 """
@@ -73,6 +74,7 @@ TUNING: dict[str, float] = {
 }
 PROMOTE_TIMEOUT = 8.0  # the stand-in's bounded promote retries (kubeadm's EtcdAPICallTimeout)
 SUDO = shutil.which("sudo")
+ENDPOINT_DIRS = ("keepalived", "haproxy")  # a node's own, bind-mounted over /etc/<dir>
 
 
 def etcd_bin(name: str) -> Path:
@@ -83,7 +85,18 @@ def etcd_bin(name: str) -> Path:
 
 
 def requirement_problems(
-    binaries: Sequence[str] = ("ip", "iptables", "tc", "nsenter", "unshare", "openssl", "ssh"),
+    binaries: Sequence[str] = (
+        "ip",
+        "iptables",
+        "tc",
+        "nsenter",
+        "unshare",
+        "openssl",
+        "ssh",
+        "keepalived",
+        "haproxy",
+        "curl",
+    ),
 ) -> list[str]:
     """Why this tier cannot run here (empty when it can): it must fail, never skip."""
     problems = []
@@ -191,11 +204,13 @@ class Node:
     def start(self) -> None:
         """Mount namespace (holder process), node dirs, PKI, stand-ins on PATH, sshd."""
         kube, data, binp, run_dir = (self.dir / d for d in ("kube", "etcd", "bin", "run"))
-        for d in (kube, data, binp, run_dir, self.dir / "ssh"):
+        mounts = {kube: "/etc/kubernetes", data: "/var/lib/etcd"}
+        mounts |= {self.dir / d: f"/etc/{d}" for d in ENDPOINT_DIRS}
+        for d in (*mounts, binp, run_dir, self.dir / "ssh"):
             d.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
         self.lab.pki.install(kube / "pki", self.name, self.address)
-        script = f"mount --bind {kube} /etc/kubernetes && mount --bind {data} /var/lib/etcd"
+        script = " && ".join(f"mount --bind {src} {dst}" for src, dst in mounts.items())
         if SUDO:
             script += f" && mount --bind {self.write_sudoers(binp)} /etc/sudoers"
         script += " && echo ready && exec sleep infinity"
@@ -233,7 +248,7 @@ class Node:
             "promote_timeout": self.lab.promote_timeout,
         }
         (self.dir / "node.json").write_text(json.dumps(conf, indent=2))
-        for tool in ("kubeadm", "kubectl", "cloud-init"):
+        for tool in ("kubeadm", "kubectl", "cloud-init", "systemctl"):
             wrapper = binp / tool
             wrapper.write_text(
                 f"#!/bin/sh\nexec {sys.executable} {STANDIN}"
@@ -449,6 +464,7 @@ class Harness:
         tuning: dict[str, float] | None = None,
         promote_timeout: float = PROMOTE_TIMEOUT,
         user_data_files: bool = False,
+        endpoint: str = "cp1",
     ) -> None:
         problems = requirement_problems()
         if problems:
@@ -460,6 +476,7 @@ class Harness:
         self.config_path = tmp / "cluster.yaml"
         self.promote_timeout = promote_timeout
         self.user_data_files = user_data_files
+        self.endpoint = endpoint
         self.tuning = {**TUNING, **(tuning or {})}
         self.pki = ClusterPKI.create()
         self.user_pub = ""
@@ -486,7 +503,8 @@ class Harness:
         clean_leftovers()
         RUNS.mkdir(parents=True, exist_ok=True)
         (RUNS / self.run_id).write_text(str(os.getpid()))
-        for mountpoint in (Path("/etc/kubernetes"), Path("/var/lib/etcd")):
+        mountpoints = ["/etc/kubernetes", "/var/lib/etcd", *(f"/etc/{d}" for d in ENDPOINT_DIRS)]
+        for mountpoint in map(Path, mountpoints):
             mountpoint.mkdir(parents=True, exist_ok=True)  # empty dirs the nodes mount over
         self.user_pub = ensure_user_key(self.key_path)
         self._netns(self.bridge_ns)
@@ -551,7 +569,7 @@ class Harness:
             "network": {"name": "labit", "cidr": f"{SUBNET}.0/24"},
             "control_plane": {"count": 3, "cpus": 1, "memory_mib": 2048},
             "workers": {"count": len(workers), "cpus": 1, "memory_mib": 1024},
-            "kubernetes": {"cni": "none", "control_plane_endpoint": {"mode": "cp1"}},
+            "kubernetes": {"cni": "none", "control_plane_endpoint": {"mode": self.endpoint}},
             "ssh": {"user": "root", "private_key": str(self.key_path)},
             "state_dir": str(self.state_dir),
             "tuning": self.tuning,

@@ -1,5 +1,5 @@
-"""Stand-in `kubeadm`, `kubectl` and `cloud-init` for the integration test nodes (kubeadm cannot
-run here, and no test node boots through cloud-init).
+"""Stand-in `kubeadm`, `kubectl`, `cloud-init` and `systemctl` for the integration test nodes
+(kubeadm cannot run here, and no test node boots through cloud-init or systemd).
 
 It does to etcd exactly what kubeadm 1.29+ (learner mode, stacked etcd) does, with the real etcd
 3.5 binary and real etcdctl over TLS; everything else kubeadm does (kubelet, static pods,
@@ -7,9 +7,10 @@ certificates, the API server) is reduced to what the lab can observe:
 
 - `kubeadm init [--config F] [--upload-certs]`: with a config, its InitConfiguration must name this
   node and advertise its address; preflight (/var/lib/etcd empty, no kubelet.conf), start etcd as a
-  new single-member cluster named after the node, then a TCP listener on <address>:6443 for the API
-  server, write admin.conf + kubelet.conf, register the Node; --upload-certs then does what
-  `init phase upload-certs` does (below) and prints the certificate key, as kubeadm does.
+  new single-member cluster named after the node, then a TLS listener on <address>:6443 for the API
+  server (every request gets `200 ok`, as /healthz does), write admin.conf + kubelet.conf, register
+  the Node; --upload-certs then does what `init phase upload-certs` does (below) and prints the
+  certificate key, as kubeadm does.
 - `kubeadm join --config F`: preflight as kubeadm join (also: /etc/kubernetes/manifests empty);
   parse the v1beta4 JoinConfiguration; check the bootstrap token (format,
   and that `kubeadm token create` made it), the CA hash against pki/ca.crt and that the API endpoint
@@ -32,6 +33,9 @@ certificates, the API server) is reduced to what the lab can observe:
   would write, e.g. cp1's init.yaml, the harness writes before anything connects), so this answers
   what cloud-init answers on a VM whose first boot has finished: `status: done`, exit 0. (This
   host's real cloud-init, if any, says "not run" there, and `--wait` would wait for ever.)
+- `systemctl enable --now|start|restart|reload|stop|is-active keepalived|haproxy`: runs this host's
+  real keepalived and haproxy in the node (its netns, and its /etc/keepalived and /etc/haproxy),
+  as Debian's units do: real VRRP between the nodes on the bridge, real haproxy health checks.
 
 The node's identity (name, address, binaries, CP addresses, timeouts) comes from a JSON file the
 harness writes; the wrapper scripts on the node's PATH pass it with --node-config.
@@ -49,6 +53,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -256,7 +261,7 @@ def start_static_pods(node: NodeConf) -> None:
 
 def start_apiserver(node: NodeConf) -> None:
     MANIFESTS.mkdir(parents=True, exist_ok=True)
-    (MANIFESTS / "kube-apiserver").write_text("stand-in: TCP listener on :6443\n")
+    (MANIFESTS / "kube-apiserver").write_text("stand-in: TLS listener on :6443\n")
     start_static_pods(node)
     wait_for(lambda: tcp_open(node.address, 6443), 10, "the API server listener on :6443")
 
@@ -282,12 +287,56 @@ def etcd_healthy(node: NodeConf) -> bool:
 
 
 def serve_apiserver(node: NodeConf) -> int:
-    """The API server's stand-in: accept TCP on <address>:6443, answer one line, close."""
+    """The API server's stand-in: TLS on <address>:6443 (the node's serving certificate), and
+    `200 ok` to any request, as a healthy API server answers /healthz (haproxy's check). A
+    client that only connects (a TCP probe) fails the handshake, which is ignored."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(PKI / "etcd" / "server.crt", PKI / "etcd" / "server.key")
     srv = socket.create_server((node.address, 6443), reuse_port=True)
     while True:
         conn, _ = srv.accept()
-        with conn:
-            conn.sendall(b"stand-in kube-apiserver\n")
+        conn.settimeout(5)
+        try:
+            with tls.wrap_socket(conn, server_side=True) as t:
+                t.recv(4096)
+                t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except OSError:
+            conn.close()
+
+
+# ---- systemctl: keepalived and haproxy, the control-plane endpoint ------------------------------
+
+
+def service_argv(node: NodeConf, service: str) -> list[str]:
+    """Debian's units run these (keepalived.service, haproxy.service), in the foreground; the
+    pid files are the node's own, as every node's keepalived shares this host's /run."""
+    if service == "keepalived":
+        pids = [f"--{k}={node.run_dir / f'keepalived-{k}.pid'}" for k in ("pid", "vrrp_pid")]
+        return ["keepalived", "--dont-fork", "--log-console", "--vrrp", *pids]
+    if service == "haproxy":
+        return ["haproxy", "-db", "-f", "/etc/haproxy/haproxy.cfg"]
+    raise Fail(f"Unit {service}.service not found.")
+
+
+def systemctl(node: NodeConf, argv: list[str]) -> int:
+    """`systemctl enable --now|start|restart|reload|stop|is-active UNIT...` for the services the
+    lab starts; enable is a no-op (a test node never boots) and reload restarts."""
+    now = "--now" in argv
+    verb, *units = [a for a in argv if not a.startswith("-")]
+    status = 0
+    for unit in units:
+        service = unit.removesuffix(".service")
+        argv_of = service_argv(node, service)
+        if verb == "is-active":
+            active = running(node, service) is not None
+            print("active" if active else "inactive")
+            status = status or (0 if active else 3)
+        elif verb in ("stop", "restart", "reload"):
+            stop(node, service)
+        starts = verb in ("start", "restart", "reload") or (verb == "enable" and now)
+        if starts and running(node, service) is None:
+            spawn(node, service, argv_of)
+    return status
 
 
 # ---- kubeadm -------------------------------------------------------------------------------------
@@ -422,7 +471,8 @@ def load_join(path: str) -> dict[str, Any]:
 
 
 def discovery(node: NodeConf, join: dict[str, Any]) -> tuple[str, list[str]]:
-    """Bootstrap-token discovery: returns the API endpoint host and the cluster's etcd endpoints."""
+    """Bootstrap-token discovery: returns the API endpoint (host:port) and the cluster's etcd
+    endpoints."""
     bt = join.get("discovery", {}).get("bootstrapToken", {})
     token, endpoint = str(bt.get("token", "")), str(bt.get("apiServerEndpoint", ""))
     if not TOKEN.match(token):
@@ -434,7 +484,10 @@ def discovery(node: NodeConf, join: dict[str, Any]) -> tuple[str, list[str]]:
         wait_for(lambda: tcp_open(host, int(port)), 10, f"the API server at {endpoint}")
     except Fail as e:
         raise Fail(f"couldn't validate the identity of the API Server: {e}") from None
-    endpoints = [f"https://{host}:2379"]
+    # The API server behind the endpoint reads the cluster's etcd: that of the control plane the
+    # endpoint names, or (a VIP) any control plane's.
+    cps = node.control_planes.values()
+    endpoints = [f"https://{host}:2379"] if host in cps else node.cluster_endpoints()
     if get(node, endpoints, f"/registry/secrets/kube-system/bootstrap-token-{token[:6]}") != token:
         raise Fail(
             f'couldn\'t validate the identity of the API Server: token id "{token[:6]}" is'
@@ -446,7 +499,7 @@ def discovery(node: NodeConf, join: dict[str, Any]) -> tuple[str, list[str]]:
             f"cluster CA found in cluster-info ConfigMap is not pinned: none of the public"
             f" keys {bt.get('caCertHashes')} match {want}"
         )
-    return host, endpoints
+    return endpoint, endpoints
 
 
 def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
@@ -455,12 +508,10 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     if name != node.name:
         raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
     preflight(joining=True)
-    _host, endpoints = discovery(node, join)
+    api, endpoints = discovery(node, join)
     cp = join.get("controlPlane")
     if cp is None:
-        (KUBE / "kubelet.conf").write_text(
-            kubeconfig(f"https://{_host}:6443", f"system:node:{node.name}")
-        )
+        (KUBE / "kubelet.conf").write_text(kubeconfig(f"https://{api}", f"system:node:{node.name}"))
         register(node, endpoints, "worker")
         say("This node has joined the cluster.")
         return 0
@@ -477,7 +528,7 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         raise Fail(f"advertiseAddress {advertise} is not this node's address {node.address}")
     join_etcd(node, endpoints)
     start_apiserver(node)
-    server = f"https://{_host}:6443"
+    server = f"https://{api}"
     (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, endpoints, "control-plane")
@@ -740,7 +791,7 @@ def kubeadm(node: NodeConf, argv: list[str]) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--node-config", type=Path, required=True)
-    p.add_argument("tool", choices=["kubeadm", "kubectl", "apiserver", "cloud-init"])
+    p.add_argument("tool", choices=["kubeadm", "kubectl", "apiserver", "cloud-init", "systemctl"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
     if args.tool == "cloud-init":
@@ -752,6 +803,8 @@ def main() -> int:
             return serve_apiserver(node)
         if args.tool == "kubectl":
             return kubectl(node, args.rest)
+        if args.tool == "systemctl":
+            return systemctl(node, args.rest)
         return kubeadm(node, args.rest)
     except Fail as e:
         print(str(e), file=sys.stderr)

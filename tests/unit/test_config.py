@@ -65,7 +65,7 @@ def test_shipped_config_is_valid_and_matches_the_seed() -> None:
         t.cp_join_retry_max_total_seconds,
         t.cp_stabilize_timeout_seconds,
     ) == (120, 2400, 900)
-    assert str(cfg.endpoint_address) == "10.30.0.11"
+    assert (str(cfg.endpoint_address), cfg.endpoint_port) == ("10.30.0.10", 8443)
     assert cfg.image_source == ".lab/images/k8s-node-v1.34.4.qcow2"
 
 
@@ -85,9 +85,26 @@ def test_per_node_address() -> None:
     assert str(cfg.addresses["worker1"]) == "10.30.0.99"
 
 
-def test_endpoint_is_cp1_wherever_it_is() -> None:
-    cfg = parse_config({"nodes": {"cp1": {"address": "10.30.0.61"}}}, "x")
-    assert str(cfg.endpoint_address) == "10.30.0.61"
+def test_endpoint_is_the_vip_or_cp1_wherever_it_is() -> None:
+    vip = parse_config({"kubernetes": {"control_plane_endpoint": {"vip": "10.30.0.99"}}}, "x")
+    assert (str(vip.endpoint_address), vip.endpoint_port) == ("10.30.0.99", 8443)
+    cp1 = parse_config(
+        {
+            "nodes": {"cp1": {"address": "10.30.0.61"}},
+            "kubernetes": {"control_plane_endpoint": {"mode": "cp1"}},
+        },
+        "x",
+    )
+    assert (str(cp1.endpoint_address), cp1.endpoint_port) == ("10.30.0.61", 6443)
+    # The VIP is kubeadm's endpoint only in mode vip: elsewhere .10 is free for a node.
+    free = parse_config(
+        {
+            "nodes": {"worker1": {"address": "10.30.0.10"}},
+            "kubernetes": {"control_plane_endpoint": {"mode": "cp1"}},
+        },
+        "x",
+    )
+    assert str(free.addresses["worker1"]) == "10.30.0.10"
 
 
 def test_another_version_needs_an_image_that_has_it(tmp_path: Path) -> None:
@@ -300,7 +317,28 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         "unknown endpoint mode",
         {"kubernetes": {"control_plane_endpoint": {"mode": "haproxy"}}},
         {},
-        r"control_plane_endpoint\.mode: Input should be 'cp1' \(got 'haproxy'\)",
+        r"control_plane_endpoint\.mode: Input should be 'vip' or 'cp1' \(got 'haproxy'\)",
+    ),
+    (
+        "a VIP outside the network",
+        {"kubernetes": {"control_plane_endpoint": {"vip": "10.31.0.10"}}},
+        {},
+        r"kubernetes\.control_plane_endpoint\.vip 10\.31\.0\.10 is not a host address of"
+        r" network\.cidr 10\.30\.0\.0/24; give an address inside it",
+    ),
+    (
+        "a VIP that is a node's address",
+        {"kubernetes": {"control_plane_endpoint": {"vip": "10.30.0.21"}}},
+        {},
+        r"worker1's default address 10\.30\.0\.21 is already used by"
+        r" kubernetes\.control_plane_endpoint\.vip",
+    ),
+    (
+        "haproxy on the API servers' own port",
+        {"kubernetes": {"control_plane_endpoint": {"port": 6443}}},
+        {},
+        r"control_plane_endpoint\.port: 6443 is the API servers' own port; haproxy needs"
+        r" another, e\.g\. 8443",
     ),
     (
         "bad k8s version",

@@ -9,10 +9,11 @@ from lab.etcd import Alarm, Member, Status
 from lab.ops.cleanup import stale_learners
 from lab.ops.common import Snapshot
 from lab.ops.diagnose import recommend
+from lab.ops.endpoint import EndpointState
 from lab.ops.gate import check
 from lab.ops.leave import leave_refusal, quorum
 from lab.ops.node import TcpPath
-from lab.ops.verify import etcd_checks, node_checks
+from lab.ops.verify import etcd_checks, node_checks, vip_check
 from lab.topology import Node
 
 IDS = {"cp1": 0x11, "cp2": 0x12, "cp3": 0x13}
@@ -243,6 +244,19 @@ def test_verify_checks() -> None:
     assert failed == {"no learner", "expected voters"}
     (nodes,) = node_checks({"cp1": True, "cp2": False}, ["cp1", "cp2", "cp3"])
     assert not nodes.ok and "missing: cp3" in nodes.detail and "not Ready: cp2" in nodes.detail
+
+
+def test_verify_wants_the_vip_on_one_control_plane_with_both_services_active() -> None:
+    def state(node: str, holds: bool, haproxy: str = "active") -> EndpointState:
+        return EndpointState(node, holds, {"keepalived": "active", "haproxy": haproxy})
+
+    assert vip_check([state("cp1", True), state("cp2", False)]).detail == "on cp1"
+    none = vip_check([state("cp1", False), state("cp2", False)])
+    assert (none.ok, none.detail) == (False, "no control plane holds it")
+    split = vip_check([state("cp1", True), state("cp2", True)])
+    assert (split.ok, split.detail) == (False, "held by cp1, cp2")
+    dead = vip_check([state("cp1", True, haproxy="failed")])
+    assert (dead.ok, dead.detail) == (False, "held by cp1; cp1 haproxy failed")
 
 
 # ------------------------------------------------------------------------------- diagnose

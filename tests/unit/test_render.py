@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import yaml
 
 from lab import keys
 from lab.config import LabConfig, parse_config
-from lab.render import cloudinit, flannel, kubeadm
+from lab.render import cloudinit, endpoint, flannel, kubeadm
 from lab.topology import Node, Topology, build_topology
 
 # What `lab join` fetches from cp1 before each attempt; any well-formed values do here.
@@ -104,8 +106,8 @@ def test_flannel_runs_the_images_own_flanneld_with_the_pod_cidr() -> None:
     assert pod["hostNetwork"] is True
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (
-        "10.30.0.11",
-        "6443",
+        "10.30.0.10",
+        "8443",
     )
 
 
@@ -136,10 +138,10 @@ def test_init_configuration_advertises_the_lab_address(lab) -> None:
     assert init["nodeRegistration"]["kubeletExtraArgs"] == [
         {"name": "node-ip", "value": "10.30.0.11"}
     ]
-    assert cluster["controlPlaneEndpoint"] == "10.30.0.11:6443"
+    assert cluster["controlPlaneEndpoint"] == "10.30.0.10:8443"  # the VIP, haproxy's port
     assert cluster["kubernetesVersion"] == "v1.34.4"
     assert cluster["networking"]["podSubnet"] == "10.244.0.0/16"
-    assert cluster["apiServer"]["certSANs"] == ["10.30.0.11"]
+    assert cluster["apiServer"]["certSANs"] == ["10.30.0.10"]
     assert "timeouts" not in init and "etcd" not in cluster  # kubeadm's defaults under KVM
 
 
@@ -218,7 +220,7 @@ def test_join_configuration_for_a_control_plane_and_a_worker(lab) -> None:
     )
     assert cp["kind"] == "JoinConfiguration"
     assert cp["discovery"]["bootstrapToken"] == {
-        "apiServerEndpoint": "10.30.0.11:6443",
+        "apiServerEndpoint": "10.30.0.10:8443",
         "token": CREDS["token"],
         "caCertHashes": [CREDS["ca_cert_hash"]],
     }
@@ -234,3 +236,55 @@ def test_join_configuration_for_a_control_plane_and_a_worker(lab) -> None:
         kubeadm.join_configuration(
             cfg, topo.node("cp3"), certificate_key=None, domain_type="kvm", **CREDS
         )
+
+
+def test_haproxy_config_lists_every_control_plane_and_passes_haproxys_own_check(
+    lab, tmp_path: Path
+) -> None:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    assert Path(haproxy).is_file(), "haproxy is missing: `make test-unit` installs it"
+    cfg, topo, _ = lab
+    for domain_type in ("kvm", "qemu"):
+        text = endpoint.haproxy_cfg(cfg, list(topo.control_planes), domain_type)
+        (tmp_path / "haproxy.cfg").write_text(text)
+        out = subprocess.run(
+            [haproxy, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert "bind *:8443" in text
+    assert "timeout check 60s" in text  # emulated API servers answer slowly
+    servers = [ln.split()[1:3] for ln in text.splitlines() if ln.strip().startswith("server ")]
+    assert servers == [
+        ["cp1", "10.30.0.11:6443"],
+        ["cp2", "10.30.0.12:6443"],
+        ["cp3", "10.30.0.13:6443"],
+    ]
+
+
+def test_keepalived_prefers_cp1_and_a_failing_check_drops_below_every_healthy_node(lab) -> None:
+    """cp1 200, cp2 199, cp3 198; a failing check subtracts 50: 150 < 193 (cp7, the lowest)."""
+    cfg, topo, _ = lab
+    priorities = [endpoint.priority(n) for n in topo.control_planes]
+    assert priorities == [200, 199, 198]
+    assert min(priorities) - 6 + endpoint.CHECK_WEIGHT < max(priorities) - 6
+    conf = endpoint.keepalived_conf(cfg, topo.node("cp2"), "eth0")
+    assert "priority 199" in conf and "10.30.0.10/24 dev eth0" in conf
+    assert f'script "{endpoint.CHECK_SCRIPT}"' in conf
+
+
+def test_the_endpoint_check_asks_haproxy_whether_an_api_server_is_up(tmp_path: Path) -> None:
+    """The check script against a stand-in of haproxy's monitor page: 200 passes, 503 fails."""
+    for status, passes in (("200 OK", True), ("503 Service Unavailable", False)):
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+
+            def answer(server: socket.socket = server, status: str = status) -> None:
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(f"HTTP/1.0 {status}\r\n\r\n".encode())
+
+            threading.Thread(target=answer, daemon=True).start()
+            script = endpoint.check_script().replace(f"/{endpoint.MONITOR_PORT}", f"/{port}")
+            run = subprocess.run(["bash", "-c", script], timeout=10)
+        assert (run.returncode == 0) is passes, status
