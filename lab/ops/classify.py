@@ -17,6 +17,12 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         ("can only promote a learner member which is in sync with leader",),
     ),
     (
+        "already-voter",
+        "etcd had promoted the member, but kubeadm's promote call timed out and its retries were"
+        " refused (the join's remaining phases finish such a node)",
+        ("can only promote a learner member",),
+    ),
+    (
         "too-many-learners",
         "a stale learner from an earlier attempt blocks the member add",
         ("too many learner members in cluster",),

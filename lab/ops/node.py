@@ -169,10 +169,15 @@ async def write_join_config(session: Session, node: Node, creds: Credentials) ->
             await shell.write_file(path, patch.encode(), mode=0o644)
 
 
-async def kubeadm_join(session: Session, node: Node, timeout: float) -> None:
-    r = await session.shell(node).run(f"kubeadm join --config {JOIN_PATH}", timeout=timeout)
+async def kubeadm_join(
+    session: Session, node: Node, timeout: float, skip_phases: tuple[str, ...] = ()
+) -> None:
+    command = f"kubeadm join --config {JOIN_PATH}"
+    if skip_phases:
+        command += f" --skip-phases={','.join(skip_phases)}"
+    r = await session.shell(node).run(command, timeout=timeout)
     if not r.ok:
-        raise OpFailed(f"kubeadm join failed (exit {r.exit_status}): {gist(r.output)}")
+        raise OpFailed(f"{command} failed (exit {r.exit_status}): {gist(r.output)}")
 
 
 def gist(output: str, most: int = 4) -> str:

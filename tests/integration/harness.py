@@ -265,6 +265,11 @@ class Node:
             (binp / "sudo").chmod(0o755)
         self.start_sshd()
 
+    def configure(self, **values: Any) -> None:
+        """Change the stand-in's node file (e.g. promote_reply_lost=True) for what runs next."""
+        path = self.dir / "node.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | values, indent=2))
+
     def write_sudoers(self, binp: Path) -> Path:
         """The node's /etc/sudoers (bind-mounted in its mount namespace): real sudo, with the
         node's bin dir first on secure_path, as a VM's sudo finds kubeadm in /usr/bin."""

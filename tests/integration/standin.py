@@ -19,6 +19,10 @@ certificates, the API server) is reduced to what the lab can observe:
   --initial-cluster-state=existing, MemberPromote retried every 0.5 s for a bounded time
   (`promote_timeout` in the node file; kubeadm's is EtcdAPICallTimeout). When that runs out it
   exits 1 with etcd's own error text and LEAVES the learner and its etcd running, as kubeadm does.
+  With `promote_reply_lost` in the node file, the first promote goes through but is taken as
+  timed out, and the retries get real etcd's answer for a voter until the time runs out (seen
+  with real kubeadm under emulation). `--skip-phases` skips preflight, control-plane-prepare
+  (the certificate key) and etcd-join.
   A worker (no controlPlane section) only registers the Node.
 - `kubeadm reset -f`: remove this node's etcd member through the cluster if it can (a warning if
   not), stop etcd and the listener (the Node object stays, as with kubeadm), delete /var/lib/etcd/*,
@@ -94,6 +98,7 @@ class NodeConf:
     control_planes: dict[str, str]
     run_dir: Path
     promote_timeout: float
+    promote_reply_lost: bool = False
 
     @classmethod
     def load(cls, path: Path) -> NodeConf:
@@ -507,7 +512,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     name = join.get("nodeRegistration", {}).get("name", node.name)
     if name != node.name:
         raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
-    preflight(joining=True)
+    skip = set(args.skip_phases.split(",")) if args.skip_phases else set()
+    if "preflight" not in skip:
+        preflight(joining=True)
     api, endpoints = discovery(node, join)
     cp = join.get("controlPlane")
     if cp is None:
@@ -515,6 +522,21 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         register(node, endpoints, "worker")
         say("This node has joined the cluster.")
         return 0
+    if "control-plane-prepare" not in skip:
+        download_certs(node, endpoints, cp)
+    if "etcd-join" not in skip:
+        join_etcd(node, endpoints)
+    start_apiserver(node)
+    server = f"https://{api}"
+    (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
+    (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
+    register(node, endpoints, "control-plane")
+    say("This node has joined the cluster and a new control plane instance was created.")
+    return 0
+
+
+def download_certs(node: NodeConf, endpoints: list[str], cp: dict[str, Any]) -> None:
+    """kubeadm's control-plane-prepare: the certificate key opens the uploaded certificates."""
     key = str(cp.get("certificateKey", ""))
     if not CERT_KEY.match(key):
         raise Fail("control-plane join needs a certificateKey of 64 hex characters")
@@ -526,14 +548,6 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     advertise = cp.get("localAPIEndpoint", {}).get("advertiseAddress", node.address)
     if advertise != node.address:
         raise Fail(f"advertiseAddress {advertise} is not this node's address {node.address}")
-    join_etcd(node, endpoints)
-    start_apiserver(node)
-    server = f"https://{api}"
-    (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
-    (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
-    register(node, endpoints, "control-plane")
-    say("This node has joined the cluster and a new control plane instance was created.")
-    return 0
 
 
 def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
@@ -582,6 +596,18 @@ def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
                 f" static pod manifest file: {etcd_error(proc)}"
             )
         time.sleep(0.5)
+    if node.promote_reply_lost:
+        # kubeadm's 2 s promote call timed out although etcd promoted the member (seen under
+        # emulation): it retries, and real etcd refuses each, as the member is a voter now.
+        say(f"[etcd] Promoting the learner {learner_id} failed: context deadline exceeded")
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            proc = etcdctl(node, endpoints, "member", "promote", learner_id)
+            say(f"[etcd] Promoting the learner {learner_id} failed: {etcd_error(proc)}")
+        raise Fail(
+            "error execution phase etcd-join: error creating local etcd static pod manifest"
+            f" file: {etcd_error(proc)}"
+        )
     say(f"[etcd] The learner was promoted to a voting member: {learner_id}")
     wait_for(lambda: etcd_healthy(node), 30, "the local etcd member to be healthy")
 
@@ -771,6 +797,7 @@ def kubeadm(node: NodeConf, argv: list[str]) -> int:
     phase.add_argument("--certificate-key")
     join = sub.add_parser("join")
     join.add_argument("--config", required=True)
+    join.add_argument("--skip-phases", default="")
     reset = sub.add_parser("reset")
     reset.add_argument("-f", "--force", action="store_true")
     token = sub.add_parser("token")

@@ -91,6 +91,27 @@ def test_3_stale_learner_too_many_learners(make_harness: Callable[..., Harness])
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
 
+def test_3b_a_join_that_failed_after_its_promote_is_finished_not_reset(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """kubeadm gave up on a promote that etcd had done (its reply lost, every retry refused with
+    etcd's answer for a voter): `lab join` runs the phases after etcd-join, keeps the member, and
+    the attempt succeeds without a reset."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.put("/it/before", "kept")
+    lab.nodes["cp2"].configure(promote_reply_lost=True)
+    out = ok(lab.lab("join", "cp2"))
+    assert "can only promote a learner member" in out  # etcd's own answer, through kubeadm
+    assert "kubeadm join failed, but etcd made this node a voter: finish it, not reset it" in out
+    assert (
+        "kubeadm join, the remaining phases"
+        " (--skip-phases=preflight,control-plane-prepare,check-etcd,kubelet-start,etcd-join)"
+    ) in out
+    assert "joined on attempt 1" in out and "undo" not in out
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+    assert lab.get_from("cp2", "/it/before") == "kept"
+
+
 def test_4_fault_never_clears(make_harness: Callable[..., Harness]) -> None:
     lab = started(
         make_harness(
