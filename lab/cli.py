@@ -226,24 +226,28 @@ def cmd_ssh(cfg: LabConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_kubectl(cfg: LabConfig, args: argparse.Namespace) -> int:
-    """kubectl on cp1 with the cluster's admin.conf: this host needs no kubectl or kubeconfig."""
+    """kubectl with the cluster's admin.conf on cp1 (another control plane when cp1 is down):
+    this host needs no kubectl or kubeconfig."""
     from lab.ops.node import KUBECONFIG
 
-    first = build_topology(cfg).first
     return _run_on(
         cfg,
-        first,
+        None,
         shlex.join(["kubectl", "--kubeconfig", KUBECONFIG, *args.kubectl_args, *args.command]),
     )
 
 
-def _run_on(cfg: LabConfig, node: Node, command: str) -> int:
-    """Run COMMAND on NODE; what is piped into `lab` (`lab kubectl apply -f - < x.yaml`) is its
-    standard input, read whole first. A terminal is not read: the command gets an empty input."""
+def _run_on(cfg: LabConfig, node: Node | None, command: str) -> int:
+    """Run COMMAND on NODE (None: the admin node, lab.ops.node.admin_node); what is piped into
+    `lab` (`lab kubectl apply -f - < x.yaml`) is its standard input, read whole first. A
+    terminal is not read: the command gets an empty input."""
+    from lab.ops.node import admin_node
+
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
 
     async def body(session: Session) -> int:
-        status, out, err = await session.shell(node).run_bytes(command, input=stdin)
+        target = node or await admin_node(session)
+        status, out, err = await session.shell(target).run_bytes(command, input=stdin)
         sys.stdout.buffer.write(out)
         sys.stderr.buffer.write(err)
         return status
@@ -341,7 +345,9 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     sh.add_argument("node")
     sh.set_defaults(func=cmd_ssh)
     k = sub.add_parser(
-        "kubectl", parents=[common], help="kubectl on cp1, as the cluster admin: kubectl ARGS"
+        "kubectl",
+        parents=[common],
+        help="kubectl on cp1 (or the next control plane up), as the cluster admin: kubectl ARGS",
     )
     k.set_defaults(func=cmd_kubectl)
     ld = sub.add_parser(

@@ -2,11 +2,11 @@
 
 One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API endpoint), undo what
 an earlier attempt left (reset the node, remove its member, remove stale learners), gate on the
-current voters, fresh credentials from cp1, `kubeadm join` (finished with its remaining phases if it
-failed after etcd promoted the member), gate on one more voter. One worker attempt: preflight (API
-endpoint), fresh credentials, `kubeadm join`. After a failed attempt the node is reset and its
-member removed, then we back off; a final failure leaves etcd as it was (no member for the node) and
-prints a diagnosis.
+current voters, fresh credentials from cp1 (or the next control plane up), `kubeadm join` (finished
+with its remaining phases if it failed after etcd promoted the member), gate on one more voter. One
+worker attempt: preflight (API endpoint), fresh credentials, `kubeadm join`. After a failed attempt
+the node is reset and its member removed, then we back off; a final failure leaves etcd as it was
+(no member for the node) and prints a diagnosis.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lab.ops.diagnose import diagnose, render
 from lab.ops.endpoint import refresh_others, serve_endpoint, serves_vip
 from lab.ops.gate import gate
 from lab.ops.node import (
+    admin_node,
     fetch_credentials,
     kube_nodes,
     kubeadm_join,
@@ -116,8 +117,9 @@ async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:
 async def kubeadm_join_fresh(session: Session, node: Node, attempt: Attempt) -> None:
     """`kubeadm join` with a token (and certificate key) fetched now: they expire."""
     step = progress(session, node, attempt)
-    step(f"fresh token, CA hash and certificate key from {session.topo.first.name}")
-    creds = await fetch_credentials(session, control_plane=node.is_control_plane)
+    admin = await admin_node(session)
+    step(f"fresh token, CA hash and certificate key from {admin.name}")
+    creds = await fetch_credentials(session, admin, control_plane=node.is_control_plane)
     await write_join_config(session, node, creds)
     step("kubeadm join")
     await kubeadm_join(session, node, timeout=attempt.left())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lab.etcd import Member
 from lab.ops.common import OpFailed, Session, Snapshot
-from lab.ops.node import KUBECONFIG, kubeadm_reset
+from lab.ops.node import KUBECONFIG, admin_node, kubeadm_reset
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -76,12 +76,16 @@ async def leave(session: Session, node: Node, *, force: bool = False) -> None:
         if mine:
             raise
         session.say(name, f"warning: {e}")
-    if name != session.topo.first.name:
-        r = await session.shell(session.topo.first).run(
-            f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
-            timeout=60,
-        )
-        if not r.ok:
-            first = (r.output.splitlines() or ["no output"])[0]
-            session.say(name, f"warning: kubectl delete node {name} failed: {first}")
+    if name != session.topo.first.name:  # cp1 leaves last: the cluster goes with it
+        try:
+            admin = await admin_node(session, besides=name)
+            r = await session.shell(admin).run(
+                f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
+                timeout=60,
+            )
+            if not r.ok:
+                first = (r.output.splitlines() or ["no output"])[0]
+                session.say(name, f"warning: kubectl delete node {name} failed: {first}")
+        except (OpFailed, SshError) as e:
+            session.say(name, f"warning: its Node object stays: {e}")
     session.say(name, "left the cluster")

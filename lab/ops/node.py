@@ -1,5 +1,6 @@
 """What the operations do on the nodes over SSH: wait for a node, probe TCP paths, fetch join
-credentials from cp1, write the join config, run kubeadm, read the node list through kubectl.
+credentials from a control plane (cp1 unless it is down), write the join config, run kubeadm,
+read the node list through kubectl.
 """
 
 from __future__ import annotations
@@ -120,9 +121,29 @@ class Credentials:
     certificate_key: str | None
 
 
-async def fetch_credentials(session: Session, *, control_plane: bool) -> Credentials:
-    """A fresh bootstrap token, the CA hash and (control plane) a certificate key, from cp1."""
-    sh = session.shell(session.topo.first)
+async def admin_node(session: Session, *, besides: str | None = None) -> Node:
+    """Where kubectl and kubeadm's token commands run: the first control plane (other than
+    `besides`) that answers SSH and holds admin.conf. That is cp1 unless cp1 is down: then the
+    VIP has moved on, and every other control plane has the cluster's admin.conf too."""
+    problems = []
+    for node in session.topo.control_planes:
+        if node.name == besides:
+            continue
+        try:
+            r = await session.shell(node).run(f"test -f {KUBECONFIG}", timeout=30)
+        except SshError as e:
+            problems.append(str(e))
+            continue
+        if r.ok:
+            return node
+        problems.append(f"{node.name}: no {KUBECONFIG} (not initialised or joined yet)")
+    raise OpFailed("no control plane can run kubectl: " + "; ".join(problems))
+
+
+async def fetch_credentials(session: Session, admin: Node, *, control_plane: bool) -> Credentials:
+    """A fresh bootstrap token, the CA hash and (control plane) a certificate key, made on the
+    admin node."""
+    sh = session.shell(admin)
     token = (await sh.run("kubeadm token create --ttl 1h", check=True, timeout=60)).stdout
     ca = await sh.run(
         "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt"
@@ -194,8 +215,8 @@ async def kubeadm_reset(session: Session, node: Node) -> None:
 
 
 async def kube_nodes(session: Session) -> dict[str, bool]:
-    """Node name -> Ready, from `kubectl get nodes -o json` on cp1."""
-    r = await session.shell(session.topo.first).run(
+    """Node name -> Ready, from `kubectl get nodes -o json` on the admin node."""
+    r = await session.shell(await admin_node(session)).run(
         f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json", timeout=60, check=True
     )
     return ready_nodes(r.stdout)

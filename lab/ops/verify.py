@@ -1,6 +1,6 @@
 """`lab verify`: is the cluster done? Every member started, no learner, the expected number of
-voters, every endpoint healthy, every node of the config Ready (kubectl on cp1), and (mode vip)
-the VIP on exactly one control plane.
+voters, every endpoint healthy, every node of the config Ready (kubectl on cp1, or the next
+control plane up), and (mode vip) the VIP on exactly one control plane.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ async def verify(session: Session, wait: float = 0) -> list[Check]:
         if now_failing != failing:
             session.say(None, f"waiting (up to {wait:.0f}s) for: {', '.join(now_failing)}")
             failing = now_failing
-        # Each poll runs kubectl on cp1: an emulated guest pays dearly for it, so poll less.
+        # Each poll runs kubectl on a control plane: an emulated guest pays dearly, so poll less.
         await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds * session.slowdown)
     for c in checks:
         session.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")

@@ -157,6 +157,21 @@ def test_5_leader_restart_during_gate(make_harness: Callable[..., Harness]) -> N
     assert lab.voters() == list(CPS) and not lab.learners()
 
 
+def test_5b_with_cp1_down_kubectl_and_join_credentials_come_from_cp2(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """cp1 unreachable (its sshd stopped): `lab kubectl` runs on cp2, and a worker joins with a
+    token cp2 made, as every joined control plane holds admin.conf and the cluster's keys."""
+    lab = started(make_harness(nodes=("cp1", "cp2", "worker1")))
+    ok(lab.lab("join", "cp2"))
+    lab.nodes["cp1"].stop_sshd()
+    assert "cp2" in ok(lab.lab("kubectl", "get", "nodes"))
+    out = ok(lab.lab("join", "worker1"))
+    assert "joined on attempt 1" in out
+    nodes = json.loads(ok(lab.lab("kubectl", "get", "nodes", "-o", "json")))["items"]
+    assert {n["metadata"]["name"] for n in nodes} == {"cp1", "cp2", "worker1"}
+
+
 def test_6_noop_leave_and_quorum_guard(make_harness: Callable[..., Harness]) -> None:
     lab = started(make_harness(nodes=CPS))
     ok(lab.lab("join", "cp2"))
