@@ -31,13 +31,15 @@ LAB = ROOT / ".venv" / "bin" / "lab"
 UP_TIMEOUT = 3600
 API_RESTART = 300
 # What kubectl says when the API server is restarting, or too loaded to finish a request within
-# its 60 s: every command the cases run through `Cluster.lab` is safe to repeat.
+# its 60 s, or (EOF from haproxy at the VIP) taken out by haproxy's health check: every command
+# the cases run through `Cluster.lab` is safe to repeat.
 API_UNAVAILABLE = (
     "was refused",
     "connection refused",
     "TLS handshake timeout",
     "unable to return",
     "request did not complete within requested timeout",
+    "Unable to connect to the server: EOF",
 )
 
 

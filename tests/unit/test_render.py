@@ -253,6 +253,7 @@ def test_haproxy_config_lists_every_control_plane_and_passes_haproxys_own_check(
         assert out.returncode == 0, out.stdout + out.stderr
     assert "bind *:8443" in text
     assert "timeout check 60s" in text  # emulated API servers answer slowly
+    assert "uri /readyz?exclude=etcd&exclude=etcd-readiness" in text  # and fail etcd's 2 s check
     servers = [ln.split()[1:3] for ln in text.splitlines() if ln.strip().startswith("server ")]
     assert servers == [
         ["cp1", "10.30.0.11:6443"],
