@@ -312,7 +312,7 @@ class LabConfig(Strict):
             (f"nodes.{n}.address" if n in self.nodes else f"{n}'s default address", a)
             for n, a in self.addresses.items()
         ]
-        if self.kubernetes.control_plane_endpoint.mode == "vip":
+        if self.serves_vip:
             claims.insert(0, ("kubernetes.control_plane_endpoint.vip", self.endpoint_address))
         for what, addr in claims:
             if addr not in net or addr in hosts:
@@ -374,18 +374,22 @@ class LabConfig(Strict):
         return {n: self.nodes[n].address if n in self.nodes else a for n, a in default.items()}
 
     @property
+    def serves_vip(self) -> bool:
+        """The endpoint is a VIP that keepalived and haproxy on the control planes serve."""
+        return self.kubernetes.control_plane_endpoint.mode == "vip"
+
+    @property
     def endpoint_address(self) -> ipaddress.IPv4Address:
         """controlPlaneEndpoint's address: the VIP (by default the network's .10), or cp1's."""
-        endpoint = self.kubernetes.control_plane_endpoint
-        if endpoint.mode == "cp1":
+        if not self.serves_vip:
             return self.addresses["cp1"]
-        return endpoint.vip or self.network.cidr.network_address + VIP_HOST
+        vip = self.kubernetes.control_plane_endpoint.vip
+        return vip or self.network.cidr.network_address + VIP_HOST
 
     @property
     def endpoint_port(self) -> int:
         """haproxy's port in front of the API servers, or cp1's API server's own."""
-        endpoint = self.kubernetes.control_plane_endpoint
-        return endpoint.port if endpoint.mode == "vip" else API_PORT
+        return self.kubernetes.control_plane_endpoint.port if self.serves_vip else API_PORT
 
     @property
     def image_source(self) -> str:

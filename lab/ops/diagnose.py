@@ -13,7 +13,7 @@ from typing import Any
 from lab.etcd import PEER_PORT, EtcdError, Status
 from lab.ops.cleanup import Stale, stale_learners
 from lab.ops.common import OpFailed, Session, Snapshot
-from lab.ops.endpoint import EndpointState, endpoint_states, serves_vip
+from lab.ops.endpoint import EndpointState, endpoint_states
 from lab.ops.node import TcpPath, probe
 
 PORTS = (2379, 2380, 6443)
@@ -145,7 +145,7 @@ async def diagnose(session: Session) -> Report:
             return Snapshot([], {}, [], str(e), str(e), session.topo.nodes)
 
     async def endpoint() -> list[EndpointState]:
-        return await endpoint_states(session) if serves_vip(session) else []
+        return await endpoint_states(session) if session.cfg.serves_vip else []
 
     snap, probes, vip = await asyncio.gather(
         etcd_snapshot(),

@@ -31,10 +31,6 @@ from lab.topology import Node
 SERVICES = ("keepalived", "haproxy")
 
 
-def serves_vip(session: Session) -> bool:
-    return session.cfg.kubernetes.control_plane_endpoint.mode == "vip"
-
-
 async def serve_endpoint(session: Session, node: Node) -> None:
     """Write this control plane's keepalived and haproxy configuration, start both, and reload
     the one whose configuration changed; one SSH command (each costs seconds on an emulated

@@ -14,7 +14,7 @@ import shlex
 import time
 
 from lab.ops.common import OpFailed, Session
-from lab.ops.endpoint import serve_endpoint, serves_vip
+from lab.ops.endpoint import serve_endpoint
 from lab.ops.node import KUBECONFIG, gist, kubeadm_reset, wait_until_reachable
 from lab.render import flannel
 from lab.render.kubeadm import INIT_PATH
@@ -38,7 +38,7 @@ async def init(session: Session) -> None:
     say(f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
     await wait_until_reachable(session, node, t.join_max_wait_seconds)
     say("SSH answers and cloud-init is done")
-    if serves_vip(session):
+    if session.cfg.serves_vip:
         await serve_endpoint(session, node)
         say(f"endpoint {session.cfg.endpoint_address}:{session.cfg.endpoint_port} served")
     state = await init_state(session, node)

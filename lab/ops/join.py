@@ -19,7 +19,7 @@ from lab.ops.classify import classify
 from lab.ops.cleanup import cleanup_learners
 from lab.ops.common import OpFailed, Session, owns
 from lab.ops.diagnose import diagnose, render
-from lab.ops.endpoint import refresh_others, serve_endpoint, serves_vip
+from lab.ops.endpoint import refresh_others, serve_endpoint
 from lab.ops.gate import gate
 from lab.ops.node import (
     admin_node,
@@ -40,7 +40,7 @@ async def join(session: Session, name: str) -> None:
     node, t = session.topo.node(name), session.cfg.tuning
     session.say(name, f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
     await wait_until_reachable(session, node, t.join_max_wait_seconds)
-    if node.is_control_plane and serves_vip(session):
+    if node.is_control_plane and session.cfg.serves_vip:
         session.say(name, "endpoint: keepalived and haproxy here, haproxy's list on the others")
         await serve_endpoint(session, node)
         await refresh_others(session, node)

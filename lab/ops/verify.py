@@ -12,7 +12,7 @@ from typing import Any
 
 from lab.etcd import EtcdError
 from lab.ops.common import OpFailed, Session, Snapshot
-from lab.ops.endpoint import EndpointState, endpoint_states, serves_vip
+from lab.ops.endpoint import EndpointState, endpoint_states
 from lab.ops.node import kube_nodes
 from lab.ssh import SshError
 
@@ -96,7 +96,7 @@ async def checks_now(session: Session) -> list[Check]:
         checks += node_checks(ready, [n.name for n in session.topo.nodes])
     except (OpFailed, SshError) as e:
         checks.append(Check("nodes Ready", False, str(e)))
-    if serves_vip(session):
+    if session.cfg.serves_vip:
         checks.append(vip_check(await endpoint_states(session)))
     return checks
 

@@ -263,11 +263,12 @@ def test_haproxy_config_lists_every_control_plane_and_passes_haproxys_own_check(
 
 
 def test_keepalived_prefers_cp1_and_a_failing_check_drops_below_every_healthy_node(lab) -> None:
-    """cp1 200, cp2 199, cp3 198; a failing check subtracts 50: 150 < 193 (cp7, the lowest)."""
+    """cp1 200, cp2 199, cp3 198; a failing check subtracts 50: 150 < 194 (cp7, the lowest)."""
     cfg, topo, _ = lab
     priorities = [endpoint.priority(n) for n in topo.control_planes]
     assert priorities == [200, 199, 198]
-    assert min(priorities) - 6 + endpoint.CHECK_WEIGHT < max(priorities) - 6
+    lowest_healthy = max(priorities) - 6  # cp7's, with the 7 control planes the config allows
+    assert max(priorities) + endpoint.CHECK_WEIGHT < lowest_healthy
     conf = endpoint.keepalived_conf(cfg, topo.node("cp2"), "eth0")
     assert "priority 199" in conf and "10.30.0.10/24 dev eth0" in conf
     assert f'script "{endpoint.CHECK_SCRIPT}"' in conf
