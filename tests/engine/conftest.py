@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +117,29 @@ class Stack:
             self.pulumi("config", "set", key, value)
 
     def pulumi(self, *args: str, check: bool = True, timeout: int = 900):
-        out = subprocess.run(
+        """Run pulumi; past `timeout`, kill it with its plugins and program, release the stack's
+        lock (so the next case fails on its own, not on this one's lock) and fail with the
+        output's tail, which says the step it stopped in."""
+        proc = subprocess.Popen(
             [*self.argv(), *args],
             cwd=self.cwd,
             env=self.env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            self.pulumi("cancel", "--yes", check=False, timeout=120)
+            tail = "\n".join((stdout + stderr).splitlines()[-60:])
+            pytest.fail(
+                f"pulumi {' '.join(args)} did not finish in {timeout} s; its last lines:\n{tail}"
+            )
+        out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         print(f"$ pulumi {' '.join(args)} -> exit {out.returncode}\n{out.stdout}{out.stderr}")
         if check:
             assert out.returncode == 0, (
