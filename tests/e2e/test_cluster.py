@@ -7,12 +7,8 @@ progress lines of `lab init`) is printed by the first case: `make test-e2e` show
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,168 +18,23 @@ import yaml
 from lab.config import IMAGE_KUBERNETES
 from lab.render import flannel
 
-from .conftest import Libvirtd, Stack
-
-ROOT = Path(__file__).resolve().parents[2]
-IMAGE = ROOT / ".lab" / "images" / f"k8s-node-v{IMAGE_KUBERNETES}.qcow2"
-MANIFEST = ROOT / ".lab" / "images" / "manifest.json"
-LAB = ROOT / ".venv" / "bin" / "lab"
-UP_TIMEOUT = 3600
-API_RESTART = 300
-# What kubectl says when the API server is restarting, or too loaded to finish a request within
-# its 60 s, or (EOF from haproxy at the VIP) taken out by haproxy's health check: every command
-# the cases run through `Cluster.lab` is safe to repeat.
-API_UNAVAILABLE = (
-    "was refused",
-    "connection refused",
-    "TLS handshake timeout",
-    "unable to return",
-    "request did not complete within requested timeout",
-    "Unable to connect to the server: EOF",
-)
-
-
-@dataclass
-class Cluster:
-    stack: Stack
-    libvirtd: Libvirtd
-    config: Path
-    tmp: Path
-    name: str
-
-    def lab(
-        self, command: str, *args: str, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """`lab COMMAND --config ... ARGS` inside the lab's namespace; it must succeed. An API
-        server that is restarting or overloaded (emulated guests are slow) gets up to
-        API_RESTART seconds; each wait is printed, so the log shows how often it happened."""
-        argv = ["ip", "netns", "exec", self.libvirtd.netns, str(LAB), command]
-        deadline = time.monotonic() + API_RESTART
-        while True:
-            out = subprocess.run(
-                [*argv, "--config", str(self.config), *args],
-                input=input or "",
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            unavailable = any(s in out.stderr for s in API_UNAVAILABLE)
-            if out.returncode == 0 or not unavailable or time.monotonic() > deadline:
-                break
-            reason = out.stderr.strip().splitlines()[-1]
-            print(f"lab {command} {' '.join(args)}: API server unavailable ({reason}); waiting")
-            time.sleep(10)
-        assert out.returncode == 0, f"lab {command} {args}: {out.stderr}{out.stdout}"
-        return out
-
-    def kubectl_json(self, *args: str) -> Any:
-        return json.loads(self.lab("kubectl", *args, "-o", "json").stdout)
-
-    def on(self, node: str, *command: str) -> str:
-        return self.lab("ssh", node, "--", *command).stdout.strip()
+from .cluster import MANIFEST, Cluster, cluster_on, print_step_table
+from .conftest import Libvirtd
 
 
 @pytest.fixture(scope="module")
 def cluster(libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not IMAGE.is_file():
-        pytest.fail(f"the node image {IMAGE} is missing: run `make image`")
-    tmp = tmp_path_factory.mktemp("e2e")
-    name = f"e2e{os.getpid()}"
-    config = tmp / "cluster.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "cluster": {"name": name},
-                "network": {"name": name, "cidr": "10.40.0.0/24"},
-                "control_plane": {"count": 1, "cpus": 2, "memory_mib": 3072, "disk_gib": 10},
-                "workers": {"count": 1, "cpus": 1, "memory_mib": 2048, "disk_gib": 10},
-                "image": {"source": str(IMAGE)},
-                "libvirt": {
-                    "uri": libvirtd.uri,
-                    "pool": name,
-                    "pool_path": str(tmp / "pool"),
-                    "domain_type": "qemu",
-                },
-                "state_dir": str(tmp / "state"),
-            }
-        )
-    )
-    stack = Stack.create("e2e", {"lab:config": str(config)}, netns=libvirtd.netns)
-    c = Cluster(stack, libvirtd, config, tmp, name)
-    try:
-        yield c
-    finally:
-        stack.pulumi("destroy", "--yes", "--skip-preview", check=False, timeout=1800)
-        stack.remove()
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-PHASES = (
-    ("SSH answers and cloud-init is done", "cp1 boot to SSH + cloud-init"),
-    ("kubeadm init done", "cp1 kubeadm init"),
-    ("flannel applied", "flannel applied"),
-)
-
-
-def step_table(log: Path) -> list[tuple[str, float]]:
-    """(step, seconds) of one `pulumi up`: Pulumi's event timestamps per resource, and
-    cp1-init split by the progress lines `lab init` prints (seconds since it started)."""
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    outputs: dict[str, Any] = {}
-    first = None
-    for e in events(log):
-        first = e["timestamp"] if first is None else first
-        for key, into in (("resourcePreEvent", start), ("resOutputsEvent", end)):
-            if key in e:
-                md = e[key]["metadata"]
-                name = md["urn"].rsplit("::", 1)[-1]
-                into.setdefault(name, e["timestamp"])
-                if key == "resOutputsEvent":
-                    outputs[name] = md.get("new", {}).get("outputs", {})
-    assert first is not None
-    domains = [n for n in end if n.endswith("-domain")]
-    rows = [("network, pool, base image", max(end[n] for n in ("lab-network", "base-image")))]
-    rows.append(("machines (domains defined)", max(end[n] for n in domains)))
-    said = {
-        m[2]: start["cp1-init"] + float(m[1])
-        for m in re.finditer(r"\[\s*([\d.]+)s\] cp1: (.+)", str(outputs["cp1-init"]["stdout"]))
-    }
-    rows += [(label, said[message]) for message, label in PHASES]
-    rows += [(step, end[step]) for step in ("cp1-gate", "worker1-join", "verify")]
-    table, before = [], first
-    for label, at in rows:
-        table.append((label, at - before))
-        before = at
-    table.append(("total (pulumi up)", max(end.values()) - first))
-    floor = said["kubeadm init done"] - end["cp1-domain"]
-    table.append(("floor: cp1 boot + kubeadm init", floor))
-    return table
+    with cluster_on(libvirtd, tmp_path_factory.mktemp("e2e"), "10.40.0.0/24", 1, 1) as cluster:
+        yield cluster
 
 
 def test_1_up_brings_both_nodes_ready(cluster: Cluster) -> None:
     log = cluster.tmp / "events-up.jsonl"
     began = time.monotonic()
-    out = cluster.stack.pulumi(
-        "up", "--yes", "--skip-preview", "--event-log", str(log), timeout=UP_TIMEOUT, check=False
-    )
-    wall = time.monotonic() - began
+    out = cluster.up(log)
     assert out.returncode == 0, out.stdout + out.stderr
-    print(f"\npulumi up: {wall:.0f} s wall\n{'step':<34}{'seconds':>8}")
-    for label, seconds in step_table(log):
-        print(f"{label:<34}{seconds:>8.0f}")
-    nodes = cluster.kubectl_json("get", "nodes")["items"]
-    ready = {
-        n["metadata"]["name"]: any(
-            c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]
-        )
-        for n in nodes
-    }
-    assert ready == {"cp1": True, "worker1": True}
+    print_step_table(log, time.monotonic() - began)
+    assert cluster.ready_nodes() == {"cp1": True, "worker1": True}
 
 
 def test_2_every_pod_runs(cluster: Cluster) -> None:
@@ -322,16 +173,8 @@ def test_5_etcd_has_one_voter_and_no_learner_and_cp1_holds_the_vip(cluster: Clus
 
 
 def test_6_a_second_up_changes_nothing(cluster: Cluster) -> None:
-    out = cluster.stack.pulumi("up", "--yes", "--expect-no-changes", check=False, timeout=1800)
-    assert out.returncode == 0, out.stdout + out.stderr
+    cluster.assert_second_up_changes_nothing()
 
 
 def test_7_destroy_leaves_no_domain_volume_or_network(cluster: Cluster) -> None:
-    out = cluster.stack.pulumi("destroy", "--yes", "--skip-preview", check=False, timeout=1800)
-    assert out.returncode == 0, out.stdout + out.stderr
-    virsh = cluster.libvirtd.virsh
-    assert cluster.name not in virsh("list", "--all", "--name")
-    assert cluster.name not in virsh("net-list", "--all", "--name")
-    assert cluster.name not in virsh("pool-list", "--all", "--name")
-    pool = cluster.tmp / "pool"
-    assert not pool.exists() or not list(pool.iterdir())
+    cluster.assert_destroy_leaves_nothing()

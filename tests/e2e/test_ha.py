@@ -1,0 +1,180 @@
+"""The HA cluster, real: 3 control planes behind the VIP + 1 worker, every guest emulated.
+
+`make e2e-ha` runs it (over an hour on a 2-core host, so not in `make test`). The cases run in
+order on one stack, each from where the one before left the cluster: up; the VIP holder
+stopped and started again; scale 3 -> 1 -> 2; cp3's join against a partition on the etcd peer
+port that never clears, then one cleared during the join; a no-op up; destroy. Every kubectl
+goes through the VIP: admin.conf's server is the VIP, whichever control plane `lab` asks.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .cluster import Cluster, cluster_on, print_step_table
+from .conftest import Libvirtd
+
+CIDR = "10.41.0.0/24"
+CP3 = "10.41.0.13"  # the default address of cp3 on CIDR (lab.config: .10 + index)
+ALL = {"cp1": True, "cp2": True, "cp3": True, "worker1": True}
+
+
+@pytest.fixture(scope="module")
+def ha(libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster_on(libvirtd, tmp_path_factory.mktemp("e2e"), CIDR, 3, 1) as cluster:
+        yield cluster
+
+
+def leaders(ha: Cluster) -> set[str]:
+    """The leader each answering member names ("0": none); one value when etcd agrees."""
+    return {s["leader"] for s in ha.diagnosis()["status"] if "leader" in s}
+
+
+def vip_holders(ha: Cluster) -> list[str]:
+    return [e["node"] for e in ha.diagnosis()["endpoint"] if e["holds_vip"]]
+
+
+def until(what: str, check: Any, seconds: float, every: float = 10) -> Any:
+    """Poll `check()` until it returns something true; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every)
+    pytest.fail(f"{what}: not within {seconds:.0f} s")
+
+
+def up_and_print(ha: Cluster, name: str) -> subprocess.CompletedProcess[str]:
+    log = ha.tmp / f"events-{name}.jsonl"
+    began = time.monotonic()
+    out = ha.up(log)
+    assert out.returncode == 0, out.stdout + out.stderr
+    print_step_table(log, time.monotonic() - began)
+    return out
+
+
+def test_1_up_brings_three_control_planes_and_a_worker_ready(ha: Cluster) -> None:
+    up_and_print(ha, "up")
+    assert ha.ready_nodes() == ALL
+    assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
+    report = json.loads(ha.lab("verify", "--json").stdout)
+    assert report["ok"], report
+    assert len(vip_holders(ha)) == 1
+    assert len(leaders(ha)) == 1
+
+
+def test_2_the_vip_moves_when_its_holder_stops_and_cp1_rejoins_its_member(ha: Cluster) -> None:
+    [holder] = vip_holders(ha)
+    began = time.monotonic()
+    ha.libvirtd.virsh("destroy", f"{ha.name}-{holder}")
+    moved = until("the VIP moved", lambda: [h for h in vip_holders(ha) if h != holder], 300)
+    print(f"\nVIP: {holder} stopped, {moved[0]} holds it after {time.monotonic() - began:.0f} s")
+    # Through the VIP (admin.conf's server), from the next control plane's admin.conf.
+    assert ha.ready_nodes().keys() == ALL.keys()
+    agreed = leaders(ha)
+    assert len(agreed) == 1 and "0" not in agreed, f"etcd lost its quorum: {agreed}"
+
+    began = time.monotonic()
+    ha.libvirtd.virsh("start", f"{ha.name}-{holder}")
+    ha.lab("gate", "--voters", "3", "--timeout", "1200")
+    print(
+        f"{holder} started again: the gate holds (3 voters) after {time.monotonic() - began:.0f} s"
+    )
+    until("every node Ready", lambda: ha.ready_nodes() == ALL, 600)
+    assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
+
+
+def scale(ha: Cluster, control_planes: int, name: str) -> None:
+    ha.stack.config({"lab:control_planes": str(control_planes)})
+    up_and_print(ha, name)
+
+
+def test_3_scale_down_to_one_control_plane_then_up_to_two(ha: Cluster) -> None:
+    """Through `lab leave` (newest first: reset, member removed, node deleted) and the gates."""
+    scale(ha, 1, "scale-1")
+    assert ha.voters_and_learners() == (["cp1"], [])
+    assert ha.ready_nodes() == {"cp1": True, "worker1": True}
+    domains = ha.libvirtd.virsh("list", "--all", "--name").split()
+    assert not {f"{ha.name}-cp2", f"{ha.name}-cp3"} & set(domains), domains
+
+    scale(ha, 2, "scale-2")
+    assert ha.voters_and_learners() == (["cp1", "cp2"], [])
+    until("cp2 Ready", lambda: ha.ready_nodes() == {"cp1": True, "cp2": True, "worker1": True}, 600)
+
+
+# The partition: the voters drop etcd peer traffic from and to cp3's address, both ways.
+PARTITION = [
+    ("INPUT", "-s", CP3, "-p", "tcp", "--dport", "2380", "-j", "DROP"),
+    ("OUTPUT", "-d", CP3, "-p", "tcp", "--dport", "2380", "-j", "DROP"),
+]
+
+
+def partition(ha: Cluster, action: str) -> None:
+    """`-I` (insert) or `-D` (delete) the partition's rules on cp1 and cp2."""
+    for voter in ("cp1", "cp2"):
+        for chain, *rule in PARTITION:
+            ha.on(voter, "sudo", "iptables", action, chain, *rule)
+
+
+def test_4_a_partition_that_never_clears_fails_cp3_join_and_leaves_etcd_as_before(
+    ha: Cluster,
+) -> None:
+    partition(ha, "-I")
+    ha.edit_config(tuning={"cp_join_retry_attempts": 2, "cp_join_retry_sleep_seconds": 10})
+    ha.stack.config({"lab:control_planes": "3"})
+    out = ha.up(ha.tmp / "events-partition.jsonl")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert "cp3 did not join after 2 attempt(s)" in text, text
+    assert "cp3 -> cp1:2380" in text and "blocked" in text, text
+    assert ha.voters_and_learners() == (["cp1", "cp2"], [])
+    print("\n" + "\n".join(line for line in text.splitlines() if "cp3:" in line))
+
+
+def test_5_a_partition_cleared_during_cp3_join_is_retried_to_three_voters(ha: Cluster) -> None:
+    """The partition is still there; it is cleared once cp3's first attempt has failed."""
+    ha.edit_config(tuning={"cp_join_retry_attempts": 8, "cp_join_retry_sleep_seconds": 20})
+    log, output = ha.tmp / "events-cleared.jsonl", ha.tmp / "up-cleared.out"
+    with output.open("w") as out:  # a file, not a pipe: nobody reads a pipe while this runs
+        proc = subprocess.Popen(
+            [*ha.stack.argv(), "up", "--yes", "--skip-preview", "--event-log", str(log)],
+            cwd=ha.stack.cwd,
+            env=ha.stack.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        until("cp3's first attempt failed", lambda: "cp3: attempt 1 failed" in text_of(log), 3600)
+        partition(ha, "-D")
+        assert proc.wait(timeout=3600) == 0, output.read_text()
+    said = text_of(log)
+    assert "cp3: joined on attempt" in said and "cp3: joined on attempt 1\n" not in said
+    assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
+    until("every node Ready", lambda: ha.ready_nodes() == ALL, 600)
+    assert json.loads(ha.lab("verify", "--json").stdout)["ok"]
+
+
+def text_of(log: Path) -> str:
+    """The program output Pulumi recorded so far (each command's lines, as they came)."""
+    if not log.exists():
+        return ""
+    lines = log.read_text().splitlines()
+    return "".join(
+        json.loads(line)["diagnosticEvent"]["message"]
+        for line in lines
+        if line.endswith("}") and '"diagnosticEvent"' in line
+    )
+
+
+def test_6_a_second_up_changes_nothing(ha: Cluster) -> None:
+    ha.assert_second_up_changes_nothing()
+
+
+def test_7_destroy_leaves_no_domain_volume_or_network(ha: Cluster) -> None:
+    ha.assert_destroy_leaves_nothing()
