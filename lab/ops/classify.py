@@ -70,6 +70,12 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         ("connection refused",),
     ),
     (
+        "kubeadm-etcd-limit",
+        "kubeadm's etcd-join gave up on a call past its fixed 2 s (a slow etcd) after starting the"
+        " learner (the lab promotes it and finishes the join)",
+        ("static pod manifest file: context deadline exceeded",),
+    ),
+    (
         "timeout",
         "a connection or request timed out (filtered port, lost packets)",
         ("timed out", "timeout", "deadline exceeded", "i/o timeout", "context deadline"),

@@ -2,8 +2,9 @@
 
 One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API endpoint), undo what
 an earlier attempt left (reset the node, remove its member, remove stale learners), gate on the
-current voters, fresh credentials from cp1 (or the next control plane up), `kubeadm join` (finished
-with its remaining phases if it failed after etcd promoted the member), gate on one more voter. One
+current voters, fresh credentials from cp1 (or the next control plane up), `kubeadm join` (if it
+failed with its member in etcd: the learner it started promoted here, then its remaining phases),
+gate on one more voter. One
 worker attempt: preflight (API endpoint), fresh credentials, `kubeadm join`. After a failed attempt
 the node is reset and its member removed, then we back off; a final failure leaves etcd as it was
 (no member for the node) and prints a diagnosis.
@@ -88,24 +89,68 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
     try:
         await kubeadm_join_fresh(session, node, attempt)
     except OpFailed as e:
-        if not (await session.snapshot()).is_voter(node):
-            raise
-        step("kubeadm join failed, but etcd made this node a voter: finish it, not reset it")
-        session.say(node.name, f"    {e}")
-        step(f"kubeadm join, the remaining phases (--skip-phases={','.join(AFTER_ETCD_JOIN)})")
-        await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=AFTER_ETCD_JOIN)
+        await finish_partial_join(session, node, attempt, e)
     step(f"gate on {voters + 1} voters")
     await stable(
         session, voters + 1, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name
     )
 
 
-# kubeadm join's phases up to its etcd member's promotion. kubeadm can fail after that promotion
-# went through: its promote call has a fixed 2 s limit, and every retry then gets etcd's "can
-# only promote a learner member" (the answer for a voter), until it gives up. Measured under
-# emulation; resetting such a node throws a good voter away, running the phases after these
-# finished it. Skipping them is kubeadm's own `--skip-phases`.
+# kubeadm join's phases up to its etcd member's promotion. Each of etcd-join's etcd calls has a
+# fixed 2 s limit, so on a slow host kubeadm fails there with work done: (a) its promote went
+# through but the reply came late, and every retry gets etcd's "can only promote a learner
+# member" (the answer for a voter); (b) it added the learner and wrote etcd's manifest (the
+# kubelet starts it), then its member-ID lookup timed out once and it gave up ("context
+# deadline exceeded"). Both measured under emulation; resetting throws that work away and meets
+# the same limit again. The lab promotes the learner of (b) itself, then runs the phases after
+# these for both, with kubeadm's own `--skip-phases`.
 AFTER_ETCD_JOIN = ("preflight", "control-plane-prepare", "check-etcd", "kubelet-start", "etcd-join")
+ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd.yaml"
+
+
+async def finish_partial_join(
+    session: Session, node: Node, attempt: Attempt, error: OpFailed
+) -> None:
+    """Finish a `kubeadm join` that failed with this node's member in etcd (above); re-raise
+    `error` when there is nothing to finish, for the retry to undo."""
+    step, t = progress(session, node, attempt), session.cfg.tuning
+    members = (await session.snapshot()).members_of(node)
+    if not members:
+        raise error
+    if any(m.is_learner for m in members):
+        manifest = await session.shell(node).run(f"test -f {ETCD_MANIFEST}", timeout=30)
+        if not manifest.ok:
+            raise error  # nothing will start the learner: the undo removes it
+        step("kubeadm join failed after it added and started this node's learner: promote it")
+        session.say(node.name, f"    {error}")
+        await promote_when_in_sync(
+            session, node, min(t.cp_stabilize_timeout_seconds, attempt.left())
+        )
+    else:
+        step("kubeadm join failed, but etcd made this node a voter: finish it, not reset it")
+        session.say(node.name, f"    {error}")
+    step(f"kubeadm join, the remaining phases (--skip-phases={','.join(AFTER_ETCD_JOIN)})")
+    await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=AFTER_ETCD_JOIN)
+
+
+async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> None:
+    """Promote the node's learner once etcd accepts: until the learner has started and caught
+    up, etcd refuses ("can only promote a learner member which is in sync with leader")."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        learners = [m for m in (await session.snapshot()).members_of(node) if m.is_learner]
+        if not learners:
+            return  # promoted meanwhile (kubeadm's last retry, or a promote whose reply was lost)
+        try:
+            await (await session.etcd()).promote(learners[0].id)
+            session.say(node.name, f"promoted its learner {learners[0].hex_id}")
+            return
+        except EtcdError as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise OpFailed(
+                    f"{node.name}: its learner was not promoted in {timeout:.0f}s: {e}"
+                ) from None
+        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds)
 
 
 async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:

@@ -21,7 +21,10 @@ certificates, the API server) is reduced to what the lab can observe:
   exits 1 with etcd's own error text and LEAVES the learner and its etcd running, as kubeadm does.
   With `promote_reply_lost` in the node file, the first promote goes through but is taken as
   timed out, and the retries get real etcd's answer for a voter until the time runs out (seen
-  with real kubeadm under emulation). `--skip-phases` skips preflight, control-plane-prepare
+  with real kubeadm under emulation). With `member_lookup_fails`, it exits 1 after starting
+  the learner's etcd, with the error kubeadm gave when its member-ID lookup timed out there.
+  The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
+  `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.
   A worker (no controlPlane section) only registers the Node.
 - `kubeadm reset -f`: remove this node's etcd member through the cluster if it can (a warning if
@@ -99,6 +102,7 @@ class NodeConf:
     run_dir: Path
     promote_timeout: float
     promote_reply_lost: bool = False
+    member_lookup_fails: bool = False
 
     @classmethod
     def load(cls, path: Path) -> NodeConf:
@@ -246,14 +250,14 @@ def start_etcd(node: NodeConf, initial_cluster: str, state: str) -> None:
     MANIFESTS.mkdir(parents=True, exist_ok=True)
     ETCD_DATA.chmod(0o700)
     argv = etcd_argv(node, initial_cluster, state)
-    (MANIFESTS / "etcd.json").write_text(json.dumps(argv))
+    (MANIFESTS / "etcd.yaml").write_text(json.dumps(argv))
     say(f"[etcd] starting etcd ({state} cluster: {initial_cluster})")
     spawn(node, "etcd", argv)
 
 
 def start_static_pods(node: NodeConf) -> None:
     """(Re)start what the kubelet would run from /etc/kubernetes/manifests: etcd, the API server."""
-    manifest = MANIFESTS / "etcd.json"
+    manifest = MANIFESTS / "etcd.yaml"
     if manifest.is_file() and not running(node, "etcd"):
         spawn(node, "etcd", json.loads(manifest.read_text()))
     if (MANIFESTS / "kube-apiserver").is_file() and not running(node, "apiserver"):
@@ -583,6 +587,13 @@ def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
     cluster.append(f"{node.name}={node.peer_url}")
     ETCD_DATA.mkdir(exist_ok=True)
     start_etcd(node, ",".join(cluster), "existing")
+    if node.member_lookup_fails:
+        # kubeadm looks its learner's ID up in a member list with a fixed 2 s limit and gives up
+        # on the first timeout (seen under emulation): the learner stays, its etcd runs.
+        raise Fail(
+            "error execution phase etcd-join: error creating local etcd static pod manifest"
+            " file: context deadline exceeded"
+        )
     say(f"[etcd] Promoting the learner {learner_id} (up to {node.promote_timeout:.0f}s)")
     deadline = time.monotonic() + node.promote_timeout
     while True:

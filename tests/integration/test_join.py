@@ -61,8 +61,9 @@ def test_1_happy_path(make_harness: Callable[..., Harness]) -> None:
 
 def test_2_seed_failure_blocked_peer_then_lifted(make_harness: Callable[..., Harness]) -> None:
     """cp2's peer traffic is blocked (handshakes pass, so a TCP-connect preflight cannot see it):
-    kubeadm's promote fails with etcd's own text and leaves a learner; once the block is lifted,
-    the same `lab join cp2` cleans up, resets, retries and succeeds."""
+    kubeadm's promote fails with etcd's own text and leaves its learner running; `lab join cp2`
+    keeps promoting that learner, and once the block is lifted it is promoted and the join
+    finished, in the same attempt."""
     lab = started(make_harness(nodes=CPS))
     lab.put("/it/before", "kept")
     cp2 = lab.nodes["cp2"]
@@ -107,6 +108,23 @@ def test_3b_a_join_that_failed_after_its_promote_is_finished_not_reset(
         "kubeadm join, the remaining phases"
         " (--skip-phases=preflight,control-plane-prepare,check-etcd,kubelet-start,etcd-join)"
     ) in out
+    assert "joined on attempt 1" in out and "undo" not in out
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+    assert lab.get_from("cp2", "/it/before") == "kept"
+
+
+def test_3c_a_join_that_failed_after_starting_its_learner_is_promoted_and_finished(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """kubeadm added the learner, started its etcd, then gave up on a member-ID lookup that
+    timed out: `lab join` promotes that learner itself, runs the phases after etcd-join, and the
+    attempt succeeds without a reset."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.put("/it/before", "kept")
+    lab.nodes["cp2"].configure(member_lookup_fails=True)
+    out = ok(lab.lab("join", "cp2"))
+    assert "kubeadm join failed after it added and started this node's learner: promote it" in out
+    assert "cp2: promoted its learner" in out and "kubeadm join, the remaining phases" in out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
     assert lab.get_from("cp2", "/it/before") == "kept"

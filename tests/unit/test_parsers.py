@@ -2,7 +2,8 @@
 text the node prints, kept in tests/unit/recorded/. probe.txt has the probe script's own lines
 (run here against loopback, addresses then set to the lab's), ca-hash.txt is openssl + sha256sum
 of a generated CA; the kubeadm and kubectl files are in the exact format those tools print
-(kubeadm-join-etcd-join.txt ends with the failure real kubeadm 1.34 gave under emulation)."""
+(kubeadm-join-etcd-join.txt ends with the failure real kubeadm 1.34 gave under emulation;
+kubeadm-join-member-lookup.txt is the error lines of another, from the HA e2e run)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ def test_gist_of_a_failed_kubeadm_join_names_the_phase() -> None:
     assert "context deadline exceeded" in summary and "[preflight]" not in summary
     assert classify(summary)[0] == "timeout"
     assert gist("") == "no output"
+
+
+def test_a_member_lookup_past_kubeadms_limit_is_named_as_such() -> None:
+    """Real kubeadm 1.34, emulated: its member list timed out once after it started the learner."""
+    text = recorded("kubeadm-join-member-lookup.txt")
+    assert "error: error execution phase etcd-join:" in gist(text)
+    assert classify(text)[0] == "kubeadm-etcd-limit"
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
