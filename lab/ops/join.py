@@ -118,7 +118,9 @@ async def finish_partial_join(
     if not members:
         raise error
     if any(m.is_learner for m in members):
-        manifest = await session.shell(node).run(f"test -f {ETCD_MANIFEST}", timeout=30)
+        manifest = await session.shell(node).run(
+            f"test -f {ETCD_MANIFEST}", timeout=30 * session.slowdown
+        )
         if not manifest.ok:
             raise error  # nothing will start the learner: the undo removes it
         step("kubeadm join failed after it added and started this node's learner: promote it")

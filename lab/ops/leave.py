@@ -81,7 +81,7 @@ async def leave(session: Session, node: Node, *, force: bool = False) -> None:
             admin = await admin_node(session, besides=name)
             r = await session.shell(admin).run(
                 f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
-                timeout=60,
+                timeout=60 * session.slowdown,
             )
             if not r.ok:
                 first = (r.output.splitlines() or ["no output"])[0]

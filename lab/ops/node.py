@@ -130,7 +130,9 @@ async def admin_node(session: Session, *, besides: str | None = None) -> Node:
         if node.name == besides:
             continue
         try:
-            r = await session.shell(node).run(f"test -f {KUBECONFIG}", timeout=30)
+            r = await session.shell(node).run(
+                f"test -f {KUBECONFIG}", timeout=30 * session.slowdown
+            )
         except SshError as e:
             problems.append(str(e))
             continue
@@ -144,16 +146,22 @@ async def fetch_credentials(session: Session, admin: Node, *, control_plane: boo
     """A fresh bootstrap token, the CA hash and (control plane) a certificate key, made on the
     admin node."""
     sh = session.shell(admin)
-    token = (await sh.run("kubeadm token create --ttl 1h", check=True, timeout=60)).stdout
+    token = (
+        await sh.run("kubeadm token create --ttl 1h", check=True, timeout=60 * session.slowdown)
+    ).stdout
     ca = await sh.run(
         "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt"
         " | openssl pkey -pubin -outform der | sha256sum",
         check=True,
-        timeout=30,
+        timeout=30 * session.slowdown,
     )
     key = None
     if control_plane:
-        r = await sh.run("kubeadm init phase upload-certs --upload-certs", check=True, timeout=120)
+        r = await sh.run(
+            "kubeadm init phase upload-certs --upload-certs",
+            check=True,
+            timeout=120 * session.slowdown,
+        )
         key = last_line(r.stdout)
     return Credentials(last_line(token), ca_cert_hash(ca.stdout), key)
 
@@ -209,7 +217,7 @@ def gist(output: str, most: int = 4) -> str:
 
 
 async def kubeadm_reset(session: Session, node: Node) -> None:
-    r = await session.shell(node).run("kubeadm reset -f", timeout=180)
+    r = await session.shell(node).run("kubeadm reset -f", timeout=180 * session.slowdown)
     if not r.ok:
         raise OpFailed(f"{node.name}: kubeadm reset -f failed (exit {r.exit_status}): {r.output}")
 
@@ -217,7 +225,9 @@ async def kubeadm_reset(session: Session, node: Node) -> None:
 async def kube_nodes(session: Session) -> dict[str, bool]:
     """Node name -> Ready, from `kubectl get nodes -o json` on the admin node."""
     r = await session.shell(await admin_node(session)).run(
-        f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json", timeout=60, check=True
+        f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json",
+        timeout=60 * session.slowdown,
+        check=True,
     )
     return ready_nodes(r.stdout)
 
