@@ -30,7 +30,7 @@ from lab.libvirtd import PrivateLibvirtd
 from lab.ops.common import OpFailed, Progress, Session, owns
 from lab.ops.node import fetch_credentials, kubeadm_join, kubeadm_reset, write_join_config
 from lab.ssh import SshError
-from tests.e2e.cluster import Cluster, cluster_on, print_step_table, step_table
+from tests.e2e.cluster import Cluster, cluster_on
 from tests.engine.conftest import Libvirtd
 
 CIDR = "10.42.0.0/24"
@@ -90,14 +90,7 @@ def main() -> int:
         try:
             libvirtd = Libvirtd(daemon.netns, daemon.uri, Path(tmp))
             with cluster_on(libvirtd, Path(tmp) / "cluster", CIDR, 3, 1) as c:
-                log = c.tmp / "events-up.jsonl"
-                began = time.monotonic()
-                out = c.up(log)
-                if out.returncode != 0:
-                    print(out.stdout + out.stderr)
-                    return 1
-                print_step_table(log, time.monotonic() - began)
-                table = dict(step_table(log))
+                table = dict(c.up_with_table("up"))
                 gates = sum(s for label, s in table.items() if label.endswith("-gate"))
                 total = table["total (pulumi up)"]
                 print(f"gates: {gates:.0f} s of {total:.0f} s ({100 * gates / total:.1f} %)")

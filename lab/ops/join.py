@@ -4,15 +4,15 @@ One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API en
 an earlier attempt left (reset the node, remove its member, remove stale learners), gate on the
 current voters, fresh credentials from cp1 (or the next control plane up), `kubeadm join` (if it
 failed with its member in etcd: the learner it started promoted here, then its remaining phases),
-gate on one more voter. One
-worker attempt: preflight (API endpoint), fresh credentials, `kubeadm join`. After a failed attempt
-the node is reset and its member removed, then we back off; a final failure leaves etcd as it was
-(no member for the node) and prints a diagnosis.
+gate on one more voter. One worker attempt: preflight (API endpoint), fresh credentials, `kubeadm
+join`. After a failed attempt the node is reset and its member removed, then we back off; a final
+failure leaves etcd as it was (no member for the node) and prints a diagnosis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from lab.etcd import PEER_PORT, EtcdError
@@ -138,7 +138,7 @@ async def finish_partial_join(
 async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> None:
     """Promote the node's learner once etcd accepts: until the learner has started and caught
     up, etcd refuses ("can only promote a learner member which is in sync with leader")."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = time.monotonic() + timeout
     while True:
         learners = [m for m in (await session.snapshot()).members_of(node) if m.is_learner]
         if not learners:
@@ -148,7 +148,7 @@ async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> 
             session.say(node.name, f"promoted its learner {learners[0].hex_id}")
             return
         except EtcdError as e:
-            if asyncio.get_running_loop().time() > deadline:
+            if time.monotonic() > deadline:
                 raise OpFailed(
                     f"{node.name}: its learner was not promoted in {timeout:.0f}s: {e}"
                 ) from None

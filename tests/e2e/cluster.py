@@ -81,10 +81,22 @@ class Cluster:
     def on(self, node: str, *command: str) -> str:
         return self.lab("ssh", node, "--", *command).stdout.strip()
 
-    def up(self, log: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    def up(self, log: Path) -> subprocess.CompletedProcess[str]:
         """`pulumi up` with its event log at `log`; the caller checks the exit code."""
-        argv = ("up", "--yes", "--skip-preview", "--event-log", str(log), *args)
+        argv = ("up", "--yes", "--skip-preview", "--event-log", str(log))
         return self.stack.pulumi(*argv, timeout=UP_TIMEOUT, check=False)
+
+    def up_with_table(self, name: str) -> list[tuple[str, float]]:
+        """`pulumi up`, which must succeed; prints and returns its step table."""
+        log = self.tmp / f"events-{name}.jsonl"
+        began = time.monotonic()
+        out = self.up(log)
+        assert out.returncode == 0, out.stdout + out.stderr
+        table = step_table(log)
+        print(f"\npulumi up: {time.monotonic() - began:.0f} s wall\n{'step':<40}{'seconds':>8}")
+        for label, seconds in table:
+            print(f"{label:<40}{seconds:>8.0f}")
+        return table
 
     def assert_second_up_changes_nothing(self) -> None:
         out = self.stack.pulumi("up", "--yes", "--expect-no-changes", check=False, timeout=1800)
@@ -136,6 +148,7 @@ def cluster_on(
     if not IMAGE.is_file():
         pytest.fail(f"the node image {IMAGE} is missing: run `make image`")
     name = f"e2e{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "cluster.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -249,9 +262,3 @@ def step_table(log: Path) -> list[tuple[str, float]]:
         floor = init["kubeadm init done"] - created["cp1-domain"] + bare
         table.append((f"floor: cp1 boot + init + {len(joins)} bare join(s)", floor))
     return table
-
-
-def print_step_table(log: Path, wall: float) -> None:
-    print(f"\npulumi up: {wall:.0f} s wall\n{'step':<40}{'seconds':>8}")
-    for label, seconds in step_table(log):
-        print(f"{label:<40}{seconds:>8.0f}")

@@ -18,7 +18,7 @@ import yaml
 from lab.config import IMAGE_KUBERNETES
 from lab.render import flannel
 
-from .cluster import MANIFEST, Cluster, cluster_on, print_step_table
+from .cluster import MANIFEST, Cluster, cluster_on
 from .conftest import Libvirtd
 
 
@@ -29,11 +29,7 @@ def cluster(libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_1_up_brings_both_nodes_ready(cluster: Cluster) -> None:
-    log = cluster.tmp / "events-up.jsonl"
-    began = time.monotonic()
-    out = cluster.up(log)
-    assert out.returncode == 0, out.stdout + out.stderr
-    print_step_table(log, time.monotonic() - began)
+    cluster.up_with_table("up")
     assert cluster.ready_nodes() == {"cp1": True, "worker1": True}
 
 

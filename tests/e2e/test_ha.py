@@ -14,11 +14,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .cluster import Cluster, cluster_on, print_step_table
+from tests.integration.harness import wait_until
+
+from .cluster import Cluster, cluster_on
 from .conftest import Libvirtd
 
 CIDR = "10.41.0.0/24"
@@ -41,27 +42,8 @@ def vip_holders(ha: Cluster) -> list[str]:
     return [e["node"] for e in ha.diagnosis()["endpoint"] if e["holds_vip"]]
 
 
-def until(what: str, check: Any, seconds: float, every: float = 10) -> Any:
-    """Poll `check()` until it returns something true; fail naming `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(every)
-    pytest.fail(f"{what}: not within {seconds:.0f} s")
-
-
-def up_and_print(ha: Cluster, name: str) -> subprocess.CompletedProcess[str]:
-    log = ha.tmp / f"events-{name}.jsonl"
-    began = time.monotonic()
-    out = ha.up(log)
-    assert out.returncode == 0, out.stdout + out.stderr
-    print_step_table(log, time.monotonic() - began)
-    return out
-
-
 def test_1_up_brings_three_control_planes_and_a_worker_ready(ha: Cluster) -> None:
-    up_and_print(ha, "up")
+    ha.up_with_table("up")
     assert ha.ready_nodes() == ALL
     assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
     report = json.loads(ha.lab("verify", "--json").stdout)
@@ -74,8 +56,9 @@ def test_2_the_vip_moves_when_its_holder_stops_and_cp1_rejoins_its_member(ha: Cl
     [holder] = vip_holders(ha)
     began = time.monotonic()
     ha.libvirtd.virsh("destroy", f"{ha.name}-{holder}")
-    moved = until("the VIP moved", lambda: [h for h in vip_holders(ha) if h != holder], 300)
-    print(f"\nVIP: {holder} stopped, {moved[0]} holds it after {time.monotonic() - began:.0f} s")
+    wait_until(lambda: vip_holders(ha) not in ([holder], []), 300, "the VIP to move", 10)
+    took = time.monotonic() - began
+    print(f"\nVIP: {holder} stopped, {vip_holders(ha)} holds it after {took:.0f} s")
     # Through the VIP (admin.conf's server), from the next control plane's admin.conf.
     assert ha.ready_nodes().keys() == ALL.keys()
     agreed = leaders(ha)
@@ -87,13 +70,13 @@ def test_2_the_vip_moves_when_its_holder_stops_and_cp1_rejoins_its_member(ha: Cl
     print(
         f"{holder} started again: the gate holds (3 voters) after {time.monotonic() - began:.0f} s"
     )
-    until("every node Ready", lambda: ha.ready_nodes() == ALL, 600)
+    wait_until(lambda: ha.ready_nodes() == ALL, 600, "every node Ready", 10)
     assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
 
 
 def scale(ha: Cluster, control_planes: int, name: str) -> None:
     ha.stack.config({"lab:control_planes": str(control_planes)})
-    up_and_print(ha, name)
+    ha.up_with_table(name)
 
 
 def test_3_scale_down_to_one_control_plane_then_up_to_two(ha: Cluster) -> None:
@@ -106,7 +89,8 @@ def test_3_scale_down_to_one_control_plane_then_up_to_two(ha: Cluster) -> None:
 
     scale(ha, 2, "scale-2")
     assert ha.voters_and_learners() == (["cp1", "cp2"], [])
-    until("cp2 Ready", lambda: ha.ready_nodes() == {"cp1": True, "cp2": True, "worker1": True}, 600)
+    two = {"cp1": True, "cp2": True, "worker1": True}
+    wait_until(lambda: ha.ready_nodes() == two, 600, "cp2 Ready", 10)
 
 
 # The partition: the voters drop etcd peer traffic from and to cp3's address, both ways.
@@ -150,13 +134,14 @@ def test_5_a_partition_cleared_during_cp3_join_is_retried_to_three_voters(ha: Cl
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        until("cp3's first attempt failed", lambda: "cp3: attempt 1 failed" in text_of(log), 3600)
+        failed = "cp3: attempt 1 failed"
+        wait_until(lambda: failed in text_of(log), 3600, "cp3's first attempt to fail", 5)
         partition(ha, "-D")
         assert proc.wait(timeout=3600) == 0, output.read_text()
     said = text_of(log)
     assert "cp3: joined on attempt" in said and "cp3: joined on attempt 1\n" not in said
     assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
-    until("every node Ready", lambda: ha.ready_nodes() == ALL, 600)
+    wait_until(lambda: ha.ready_nodes() == ALL, 600, "every node Ready", 10)
     assert json.loads(ha.lab("verify", "--json").stdout)["ok"]
 
 
