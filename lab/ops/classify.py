@@ -71,9 +71,15 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
     ),
     (
         "kubeadm-etcd-limit",
-        "kubeadm's etcd-join gave up on a call past its fixed 2 s (a slow etcd) after starting the"
-        " learner (the lab promotes it and finishes the join)",
-        ("static pod manifest file: context deadline exceeded",),
+        "kubeadm's etcd-join gave up on a slow etcd call (most have a fixed 2 s limit); a learner"
+        " it started is promoted by the lab and the join finished, else the attempt is retried",
+        ("error creating local etcd static pod manifest file",),
+    ),
+    (
+        "api-timeout",
+        "a Kubernetes API request timed out: the API server behind the endpoint answered too"
+        " slowly (the join's preflight had found its port open)",
+        ("?timeout=", "tls handshake timeout", "client.timeout exceeded"),
     ),
     (
         "timeout",

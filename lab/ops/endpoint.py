@@ -53,7 +53,11 @@ async def serve_endpoint(session: Session, node: Node) -> None:
             f"if cmp -s {new} {shlex.quote(path)}; then rm -f {new};"
             f' else mv -f {new} {shlex.quote(path)} && changed="$changed {service}"; fi\n'
         )
-    script += f"systemctl enable --now --quiet {' '.join(SERVICES)} || exit 1\n"
+    # The node image enables both (Debian's postinst); `enable` runs the SysV helper even then,
+    # 30 s on a loaded emulated guest, so it runs only where they are not enabled.
+    services = " ".join(SERVICES)
+    script += f"systemctl is-enabled --quiet {services} || systemctl enable --quiet {services}\n"
+    script += f"systemctl start {services} || exit 1\n"
     script += "for s in $(printf '%s\\n' $changed | sort -u); do\n"
     script += "  systemctl reload $s || exit 1\ndone\n"
     await session.shell(node).run(script, timeout=60 * session.slowdown, check=True)

@@ -12,6 +12,7 @@ failure leaves etcd as it was (no member for the node) and prints a diagnosis.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 
@@ -138,21 +139,29 @@ async def finish_partial_join(
 async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> None:
     """Promote the node's learner once etcd accepts: until the learner has started and caught
     up, etcd refuses ("can only promote a learner member which is in sync with leader")."""
-    deadline = time.monotonic() + timeout
-    while True:
+    began = time.monotonic()
+    interval = session.cfg.tuning.gate_poll_interval_seconds
+    for refusals in itertools.count():
         learners = [m for m in (await session.snapshot()).members_of(node) if m.is_learner]
         if not learners:
             return  # promoted meanwhile (kubeadm's last retry, or a promote whose reply was lost)
         try:
             await (await session.etcd()).promote(learners[0].id)
-            session.say(node.name, f"promoted its learner {learners[0].hex_id}")
+            took = time.monotonic() - began
+            session.say(node.name, f"promoted its learner {learners[0].hex_id} after {took:.0f}s")
             return
         except EtcdError as e:
-            if time.monotonic() > deadline:
+            if time.monotonic() - began > timeout:
                 raise OpFailed(
                     f"{node.name}: its learner was not promoted in {timeout:.0f}s: {e}"
                 ) from None
-        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds)
+            if refusals == 0:
+                session.say(
+                    node.name,
+                    f"etcd refuses the promote ({e}); asking every {interval:g}s,"
+                    f" up to {timeout:.0f}s",
+                )
+        await asyncio.sleep(interval)
 
 
 async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:

@@ -41,6 +41,10 @@ EMULATED_LEADER_ELECTION = {
     "leader-elect-renew-deadline": "40s",
     "leader-elect-retry-period": "8s",
 }
+# A starting kube-controller-manager gives its API server's /healthz 10 s (fixed), and /healthz
+# fails its etcd check after 2 s: on a loaded emulated etcd the controller manager that had won
+# the lease exited and started again for minutes (HA e2e), approving no node's certificate.
+EMULATED_API_SERVER = {"etcd-healthcheck-timeout": "30s", "etcd-readycheck-timeout": "30s"}
 
 
 def _node_registration(node: Node) -> dict[str, Any]:
@@ -125,6 +129,7 @@ def init_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> s
         init["timeouts"] = EMULATED_TIMEOUTS | {"upgradeManifests": "20m0s"}
         init["patches"] = {"directory": PATCHES_DIR}
         cluster["etcd"] = {"local": {"extraArgs": _args(EMULATED_ETCD)}}
+        cluster["apiServer"]["extraArgs"] = _args(EMULATED_API_SERVER)
         for component in ("controllerManager", "scheduler"):
             cluster[component] = {"extraArgs": _args(EMULATED_LEADER_ELECTION)}
     return yaml.safe_dump_all([init, cluster], sort_keys=False)

@@ -40,9 +40,10 @@ certificates, the API server) is reduced to what the lab can observe:
   would write, e.g. cp1's init.yaml, the harness writes before anything connects), so this answers
   what cloud-init answers on a VM whose first boot has finished: `status: done`, exit 0. (This
   host's real cloud-init, if any, says "not run" there, and `--wait` would wait for ever.)
-- `systemctl enable --now|start|restart|reload|stop|is-active keepalived|haproxy`: runs this host's
-  real keepalived and haproxy in the node (its netns, and its /etc/keepalived and /etc/haproxy),
-  as Debian's units do: real VRRP between the nodes on the bridge, real haproxy health checks.
+- `systemctl enable --now|start|restart|reload|stop|is-active|is-enabled keepalived|haproxy`:
+  runs this host's real keepalived and haproxy in the node (its netns, and its /etc/keepalived
+  and /etc/haproxy), as Debian's units do: real VRRP between the nodes on the bridge, real
+  haproxy health checks. Every unit is enabled, as in the node image.
 
 The node's identity (name, address, binaries, CP addresses, timeouts) comes from a JSON file the
 harness writes; the wrapper scripts on the node's PATH pass it with --node-config.
@@ -328,8 +329,9 @@ def service_argv(node: NodeConf, service: str) -> list[str]:
 
 
 def systemctl(node: NodeConf, argv: list[str]) -> int:
-    """`systemctl enable --now|start|restart|reload|stop|is-active UNIT...` for the services the
-    lab starts; enable is a no-op (a test node never boots) and reload restarts."""
+    """`systemctl enable --now|start|restart|reload|stop|is-active|is-enabled UNIT...` for the
+    services the lab starts; enable is a no-op and every unit is enabled (a test node never
+    boots), and reload restarts."""
     now = "--now" in argv
     verb, *units = [a for a in argv if not a.startswith("-")]
     status = 0
@@ -340,6 +342,9 @@ def systemctl(node: NodeConf, argv: list[str]) -> int:
             active = running(node, service) is not None
             print("active" if active else "inactive")
             status = status or (0 if active else 3)
+        elif verb == "is-enabled":
+            if "--quiet" not in argv:
+                print("enabled")
         elif verb in ("stop", "restart", "reload"):
             stop(node, service)
         starts = verb in ("start", "restart", "reload") or (verb == "enable" and now)

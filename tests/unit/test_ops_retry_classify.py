@@ -102,7 +102,11 @@ def test_backoff_from_the_default_tuning() -> None:
             "error execution phase control-plane-prepare/download-certs: error downloading certs:"
             ' error downloading the secret: Get "https://10.30.0.10:8443/api/v1/namespaces/'
             'kube-system/secrets/kubeadm-certs?timeout=10s": context deadline exceeded',
-            "timeout",
+            "api-timeout",
+        ),
+        (
+            'Get "https://10.30.0.10:8443/api/v1/nodes": net/http: TLS handshake timeout',
+            "api-timeout",
         ),
         ("etcdserver: too many learner members in cluster", "too-many-learners"),
         ("member remove: UNAVAILABLE: etcdserver: unhealthy cluster", "unhealthy-cluster"),

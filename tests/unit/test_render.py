@@ -157,6 +157,8 @@ def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
     for component in ("controllerManager", "scheduler"):
         flags = {a["name"]: a["value"] for a in cluster[component]["extraArgs"]}
         assert flags["leader-elect-renew-deadline"] == "40s"
+    flags = {a["name"]: a["value"] for a in cluster["apiServer"]["extraArgs"]}
+    assert flags["etcd-healthcheck-timeout"] == "30s"
     join = yaml.safe_load(
         kubeadm.join_configuration(
             cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **CREDS
