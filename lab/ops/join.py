@@ -50,13 +50,22 @@ async def join(session: Session, name: str) -> None:
         session.say(name, "already joined and healthy: no-op")
         return
     one_attempt = join_control_plane if node.is_control_plane else join_worker
+    undone = True
 
     async def undo(attempt: Attempt, error: Exception) -> None:
+        nonlocal undone
         if isinstance(error, SshError) and error.kind in ("hostkey", "auth"):
             raise OpFailed(str(error)) from None  # bad input: retrying cannot help
         session.say(name, f"attempt {attempt.number} failed: {cause(error)}\n    {error}")
         progress(session, node, attempt)("undo: kubeadm reset -f, remove its etcd member")
-        await forget(session, node)
+        # An etcd too loaded to answer the undo fails the attempt, not the join: the next
+        # attempt begins by removing the same leftovers.
+        try:
+            await forget(session, node)
+            undone = True
+        except (OpFailed, SshError, EtcdError) as e:
+            undone = False
+            session.say(name, f"warning: undo not finished ({e}); the next attempt begins with it")
 
     try:
         done = await retry(
@@ -67,9 +76,12 @@ async def join(session: Session, name: str) -> None:
             say=lambda line: session.say(name, line),
         )
     except RetriesExhausted as e:
-        session.say(
-            name, f"giving up after {e.attempts} attempt(s); etcd is as before the join. Diagnosis:"
+        etcd_state = (
+            "etcd is as before the join"
+            if undone
+            else f"etcd may still hold its member (`lab join {name}` removes it first)"
         )
+        session.say(name, f"giving up after {e.attempts} attempt(s); {etcd_state}. Diagnosis:")
         print(render(await diagnose(session)), flush=True)
         raise OpFailed(
             f"{name} did not join after {e.attempts} attempt(s); last failure: {cause(e.last)}"

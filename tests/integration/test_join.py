@@ -153,6 +153,35 @@ def test_4_fault_never_clears(make_harness: Callable[..., Harness]) -> None:
     assert "cp2 -> cp1:2380" in lab.lab("diagnose").stdout
 
 
+def test_4b_an_etcd_that_does_not_answer_the_undo_fails_attempts_not_the_command(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """cp1's etcd stops answering once cp2's kubeadm join runs (as a loaded emulated etcd did in
+    the HA e2e): each undo says it did not finish instead of ending `lab join`, the join gives up
+    after its attempts saying etcd may still hold the member, and `lab join` run again once etcd
+    answers removes the leftovers first and joins."""
+    lab = started(
+        make_harness(
+            nodes=("cp1", "cp2"),
+            tuning={"cp_join_retry_attempts": 2, "cp_join_retry_max_total_seconds": 60},
+        )
+    )
+    join = lab.lab_background("join", "cp2")
+    try:
+        join.wait_for_text("attempt 1/2: kubeadm join", 120)
+        lab.nodes["cp1"].block_port(2379)
+        assert join.wait(300) == 1
+    finally:
+        join.kill()
+        lab.nodes["cp1"].unblock_port(2379)
+    assert join.output.count("warning: undo not finished") == 2, join.output
+    assert "cp2 did not join after 2 attempt(s)" in join.output
+    assert "etcd may still hold its member (`lab join cp2` removes it first)" in join.output
+    again = ok(lab.lab("join", "cp2"))
+    assert "joined on attempt 1" in again
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
 def test_5_leader_restart_during_gate(make_harness: Callable[..., Harness]) -> None:
     lab = started(make_harness(nodes=CPS))
     ok(lab.lab("join", "cp2"))
