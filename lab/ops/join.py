@@ -57,7 +57,7 @@ async def join(session: Session, name: str) -> None:
         if isinstance(error, SshError) and error.kind in ("hostkey", "auth"):
             raise OpFailed(str(error)) from None  # bad input: retrying cannot help
         session.say(name, f"attempt {attempt.number} failed: {cause(error)}\n    {error}")
-        progress(session, node, attempt)("undo: kubeadm reset -f, remove its etcd member")
+        progress(session, node, attempt)("undo: remove its etcd member, kubeadm reset -f")
         # An etcd too loaded to answer the undo fails the attempt, not the join: the next
         # attempt begins by removing the same leftovers.
         try:
@@ -93,7 +93,7 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
     step, t = progress(session, node, attempt), session.cfg.tuning
     step("preflight: SSH, peer port 2380 both ways, API endpoint")
     await preflight(session, node)
-    step("remove leftovers: kubeadm reset -f, its etcd member, stale learners")
+    step("remove leftovers: its etcd member, kubeadm reset -f, stale learners")
     await forget(session, node)
     await cleanup_learners(session, node.name)
     voters = len((await session.snapshot()).voters)
@@ -235,7 +235,8 @@ async def preflight(session: Session, node: Node) -> None:
     if not node.is_control_plane:
         paths = await probe(session, node, [api])
     else:
-        voters = (await session.snapshot()).voting_nodes
+        # The node itself is a voter still when an undo could not remove its member.
+        voters = [v for v in (await session.snapshot()).voting_nodes if v != node]
         outbound = probe(
             session, node, [api] + [(v.name, str(v.address), PEER_PORT) for v in voters]
         )
@@ -249,16 +250,18 @@ async def preflight(session: Session, node: Node) -> None:
 
 
 async def forget(session: Session, node: Node) -> None:
-    """Undo a (partial) join: `kubeadm reset -f` on the node, then remove its etcd member if any."""
+    """Undo a (partial) join: remove the node's etcd member, then `kubeadm reset -f` it. In that
+    order: reset wipes the member's data even when kubeadm could not remove it (HA e2e: its API
+    calls timed out), and a voter of two wiped before its removal takes the quorum with it. An
+    etcd that does not answer raises before the reset, so the member keeps running."""
+    if node.is_control_plane:
+        etcd = await session.etcd()
+        for m in await etcd.members():
+            if owns(node, m):
+                await etcd.remove_member(m.id)
+                kind = "learner" if m.is_learner else "voter"
+                session.say(node.name, f"removed its etcd member {m.hex_id} ({kind})")
     try:
         await kubeadm_reset(session, node)
     except (OpFailed, SshError) as e:
         session.say(node.name, f"warning: {e}")
-    if not node.is_control_plane:
-        return
-    etcd = await session.etcd()
-    for m in await etcd.members():
-        if owns(node, m):
-            await etcd.remove_member(m.id)
-            kind = "learner" if m.is_learner else "voter"
-            session.say(node.name, f"removed its etcd member {m.hex_id} ({kind})")

@@ -23,14 +23,18 @@ certificates, the API server) is reduced to what the lab can observe:
   timed out, and the retries get real etcd's answer for a voter until the time runs out (seen
   with real kubeadm under emulation). With `member_lookup_fails`, it exits 1 after starting
   the learner's etcd, with the error kubeadm gave when its member-ID lookup timed out there.
+  With `remaining_phases_fail`, a join run with etcd-join skipped exits 1 with the API timeout
+  real kubeadm gave there.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.
   A worker (no controlPlane section) only registers the Node.
 - `kubeadm reset -f`: remove this node's etcd member through the cluster if it can (a warning if
-  not), stop etcd and the listener (the Node object stays, as with kubeadm), delete /var/lib/etcd/*,
-  /etc/kubernetes/manifests/* and the kubeconfig files. Deviation: /etc/kubernetes/pki is kept,
-  because the harness provisions it (real kubeadm downloads it with the certificate key).
+  not; with `reset_keeps_member` it does not try, as real kubeadm whose API calls timed out
+  under emulation), stop etcd and the listener (the Node object stays, as with kubeadm),
+  delete /var/lib/etcd/*, /etc/kubernetes/manifests/* and the kubeconfig files. Deviation:
+  /etc/kubernetes/pki is kept, because the harness provisions it (real kubeadm downloads it
+  with the certificate key).
 - `kubeadm token create`, `kubeadm init phase upload-certs --upload-certs`: print a token / a
   certificate key and store them (in etcd, under /registry/secrets/ as the API server would).
 - `kubectl [--kubeconfig F] get nodes [NAME] [-o json]`, `kubectl delete node NAME
@@ -104,6 +108,8 @@ class NodeConf:
     promote_timeout: float
     promote_reply_lost: bool = False
     member_lookup_fails: bool = False
+    remaining_phases_fail: bool = False
+    reset_keeps_member: bool = False
 
     @classmethod
     def load(cls, path: Path) -> NodeConf:
@@ -535,6 +541,14 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         download_certs(node, endpoints, cp)
     if "etcd-join" not in skip:
         join_etcd(node, endpoints)
+    elif node.remaining_phases_fail:
+        # Real kubeadm under emulation: its first API request after etcd-join passed its 10 s.
+        raise Fail(
+            "error execution run condition for phase kubelet-wait-bootstrap: unable to fetch the"
+            ' kubeadm-config ConfigMap: failed to get config map: Get "https://10.41.0.10:8443/'
+            'api/v1/namespaces/kube-system/configmaps/kubeadm-config?timeout=10s": net/http:'
+            " request canceled (Client.Timeout exceeded while awaiting headers)"
+        )
     start_apiserver(node)
     server = f"https://{api}"
     (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
@@ -636,7 +650,7 @@ def cmd_reset(node: NodeConf, args: argparse.Namespace) -> int:
     # kubeadm retries the removal with backoff (etcd refuses it for a few seconds after a member
     # became active: "unhealthy cluster"), then warns and goes on.
     deadline = time.monotonic() + 12
-    while True:
+    while not node.reset_keeps_member:
         try:
             mine = [
                 m

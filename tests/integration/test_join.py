@@ -130,6 +130,35 @@ def test_3c_a_join_that_failed_after_starting_its_learner_is_promoted_and_finish
     assert lab.get_from("cp2", "/it/before") == "kept"
 
 
+def test_3d_a_voter_is_removed_from_etcd_before_its_node_is_reset(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA e2e run 5, real kubeadm: cp2 became a voter, the phases after etcd-join then failed on
+    an API request past kubeadm's 10 s, and kubeadm reset, its API calls timing out too, wiped
+    cp2's etcd without removing the member: cp1 was left 1 of 2 voters, with no quorum. The
+    undo removes the member first: cp1 keeps its quorum and its data, and cp2 joins later."""
+    lab = started(
+        make_harness(
+            nodes=("cp1", "cp2"),
+            tuning={"cp_join_retry_attempts": 2, "cp_join_retry_max_total_seconds": 120},
+        )
+    )
+    lab.put("/it/before", "kept")
+    faults = ("promote_reply_lost", "remaining_phases_fail", "reset_keeps_member")
+    lab.nodes["cp2"].configure(**dict.fromkeys(faults, True))
+    failed = lab.lab("join", "cp2")
+    out = failed.stdout + failed.stderr
+    assert failed.returncode == 1, out
+    assert "unable to fetch the kubeadm-config ConfigMap" in out
+    assert out.count("voter)") == 2, out  # "removed its etcd member ... (voter)", per attempt
+    assert "did not join after 2 attempt(s)" in out and "etcd is as before the join" in out
+    assert lab.voters() == ["cp1"] and not lab.learners()
+    assert lab.get_from("cp1", "/it/before") == "kept"  # a linearizable read: cp1 has quorum
+    lab.nodes["cp2"].configure(**dict.fromkeys(faults, False))
+    ok(lab.lab("join", "cp2"))
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
 def test_4_fault_never_clears(make_harness: Callable[..., Harness]) -> None:
     lab = started(
         make_harness(
