@@ -23,8 +23,8 @@ certificates, the API server) is reduced to what the lab can observe:
   timed out, and the retries get real etcd's answer for a voter until the time runs out (seen
   with real kubeadm under emulation). With `member_lookup_fails`, it exits 1 after starting
   the learner's etcd, with the error kubeadm gave when its member-ID lookup timed out there.
-  With `remaining_phases_fail`, a join run with etcd-join skipped exits 1 with the API timeout
-  real kubeadm gave there.
+  With `remaining_phases_fail: N`, the first N joins run with etcd-join skipped exit 1 with the
+  API timeout real kubeadm gave there.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.
@@ -108,7 +108,7 @@ class NodeConf:
     promote_timeout: float
     promote_reply_lost: bool = False
     member_lookup_fails: bool = False
-    remaining_phases_fail: bool = False
+    remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
     reset_keeps_member: bool = False
 
     @classmethod
@@ -541,7 +541,7 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         download_certs(node, endpoints, cp)
     if "etcd-join" not in skip:
         join_etcd(node, endpoints)
-    elif node.remaining_phases_fail:
+    elif remaining_phases_failing(node):
         # Real kubeadm under emulation: its first API request after etcd-join passed its 10 s.
         raise Fail(
             "error execution run condition for phase kubelet-wait-bootstrap: unable to fetch the"
@@ -556,6 +556,14 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     register(node, endpoints, "control-plane")
     say("This node has joined the cluster and a new control plane instance was created.")
     return 0
+
+
+def remaining_phases_failing(node: NodeConf) -> bool:
+    """Count this run of the phases after etcd-join; the first `remaining_phases_fail` fail."""
+    counter = node.run_dir / "remaining-phases-runs"
+    runs = int(counter.read_text()) + 1 if counter.is_file() else 1
+    counter.write_text(str(runs))
+    return runs <= node.remaining_phases_fail
 
 
 def download_certs(node: NodeConf, endpoints: list[str], cp: dict[str, Any]) -> None:

@@ -145,17 +145,32 @@ def test_3d_a_voter_is_removed_from_etcd_before_its_node_is_reset(
     )
     lab.put("/it/before", "kept")
     faults = ("promote_reply_lost", "remaining_phases_fail", "reset_keeps_member")
-    lab.nodes["cp2"].configure(**dict.fromkeys(faults, True))
+    lab.nodes["cp2"].configure(promote_reply_lost=True, remaining_phases_fail=99)
+    lab.nodes["cp2"].configure(reset_keeps_member=True)
     failed = lab.lab("join", "cp2")
     out = failed.stdout + failed.stderr
     assert failed.returncode == 1, out
     assert "unable to fetch the kubeadm-config ConfigMap" in out
     assert out.count("voter)") == 2, out  # "removed its etcd member ... (voter)", per attempt
+    assert out.count("the remaining phases") == 6, out  # 3 runs per attempt
     assert "did not join after 2 attempt(s)" in out and "etcd is as before the join" in out
     assert lab.voters() == ["cp1"] and not lab.learners()
     assert lab.get_from("cp1", "/it/before") == "kept"  # a linearizable read: cp1 has quorum
     lab.nodes["cp2"].configure(**dict.fromkeys(faults, False))
     ok(lab.lab("join", "cp2"))
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
+def test_3e_remaining_phases_past_kubeadms_api_limit_run_again_not_undone(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The node is a voter when kubeadm's phases after etcd-join fail on an API request past
+    their fixed 10 s: they are run again, and the attempt succeeds with no undo."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.nodes["cp2"].configure(promote_reply_lost=True, remaining_phases_fail=1)
+    out = ok(lab.lab("join", "cp2"))
+    assert "unable to fetch the kubeadm-config ConfigMap" in out
+    assert "etcd-join), run 2" in out and "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
 
