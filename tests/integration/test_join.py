@@ -144,9 +144,8 @@ def test_3d_a_voter_is_removed_from_etcd_before_its_node_is_reset(
         )
     )
     lab.put("/it/before", "kept")
-    faults = ("promote_reply_lost", "remaining_phases_fail", "reset_keeps_member")
-    lab.nodes["cp2"].configure(promote_reply_lost=True, remaining_phases_fail=99)
-    lab.nodes["cp2"].configure(reset_keeps_member=True)
+    faults = {"promote_reply_lost": True, "remaining_phases_fail": 99, "reset_keeps_member": True}
+    lab.nodes["cp2"].configure(**faults)
     failed = lab.lab("join", "cp2")
     out = failed.stdout + failed.stderr
     assert failed.returncode == 1, out
