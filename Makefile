@@ -8,7 +8,8 @@ LAB   := $(VENV)/bin/lab
 STACK ?= dev
 export LAB_STACK := $(STACK)
 
-# Debian packages per use: rendering checks, the integration harness, libvirt (the lab, engine, e2e).
+# Debian packages per use: rendering checks and seed ISOs, the integration harness, libvirt (the
+# lab, engine, e2e).
 UNIT_DEBS        := cloud-init genisoimage haproxy
 INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps \
                     keepalived haproxy curl
@@ -86,6 +87,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit
 
 test-program: venv
+	scripts/apt-ensure $(UNIT_DEBS)
 	$(PY) -m pytest tests/program
 
 test-integration: venv
@@ -93,7 +95,7 @@ test-integration: venv
 	$(PY) -m pytest tests/integration
 
 test-engine: venv engine
-	scripts/apt-ensure $(LIBVIRT_DEBS)
+	scripts/apt-ensure $(LIBVIRT_DEBS) $(INTEGRATION_DEBS)
 	$(PY) -m pytest tests/engine
 
 # A real cluster (1 control plane + 1 worker) from the node image, under software emulation:

@@ -55,7 +55,7 @@ def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm")) -> list[str]:
         )
     if not (shutil.which("genisoimage") or shutil.which("mkisofs")):
         problems.append(
-            "genisoimage (or mkisofs) is missing: the libvirt provider builds each cloud-init"
-            " disk with it on this host; apt install genisoimage (`make up` does)"
+            "genisoimage (or mkisofs) is missing: the lab writes each node's cloud-init seed"
+            " with it on this host; apt install genisoimage (`make up` does)"
         )
     return problems

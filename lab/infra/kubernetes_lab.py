@@ -34,18 +34,13 @@ class KubernetesLab(pulumi.ComponentResource):
         self.machines: dict[str, Machine] = {}
         for node in topo.nodes:
             host_key = keys.ensure_host_key(cfg.state_dir, node.name)
-            # The user-data carries the node's private host key: a secret in state.
-            user_data = pulumi.Output.secret(
-                cloudinit.user_data(
-                    cfg,
-                    topo,
-                    node,
-                    user_key=user_key,
-                    host_key=host_key,
-                    domain_type=domain_type.type,
-                )
+            # The user data carries the node's private host key: it stays in the state folder,
+            # and Pulumi's state holds only the seed's path.
+            user_data = cloudinit.user_data(
+                cfg, topo, node, user_key=user_key, host_key=host_key, domain_type=domain_type.type
             )
-            self.machines[node.name] = Machine(node, net, cfg, user_data, domain_type.type, child)
+            seed = cloudinit.seed_iso(cfg, node, user_data)
+            self.machines[node.name] = Machine(node, net, cfg, seed, domain_type.type, child)
 
         self.kubeconfig: pulumi.Output[str] | None = None
         steps = chain_plan(cfg)

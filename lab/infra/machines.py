@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 import pulumi_libvirt as libvirt
 
 from lab.config import LabConfig
-from lab.render import cloudinit
 from lab.topology import Node, Topology
 
 GIB = 1024**3
@@ -63,14 +64,14 @@ class LabNetwork(pulumi.ComponentResource):
 
 
 class Machine(pulumi.ComponentResource):
-    """One node: a disk on the base image, its cloud-init disk, and the domain."""
+    """One node: a disk on the base image, its cloud-init seed volume, and the domain."""
 
     def __init__(
         self,
         node: Node,
         net: LabNetwork,
         cfg: LabConfig,
-        user_data: pulumi.Input[str],
+        seed: Path,
         domain_type: str,
         opts: pulumi.ResourceOptions,
     ):
@@ -86,13 +87,14 @@ class Machine(pulumi.ComponentResource):
             format="qcow2",
             opts=child,
         )
-        self.cloudinit = libvirt.CloudInitDisk(
+        # The seed ISO the lab wrote (lab.render.cloudinit.seed_iso), uploaded as a plain
+        # volume: cloud-init finds it by its label on a second disk.
+        self.cloudinit = libvirt.Volume(
             f"{node.name}-cloudinit",
             name=f"{name}-cloudinit.iso",
             pool=net.pool.name,
-            user_data=user_data,
-            network_config=cloudinit.network_config(cfg, node),
-            meta_data=cloudinit.meta_data(node),
+            source=str(seed),
+            format="iso",  # what libvirt reads back from an ISO 9660 file
             opts=child,
         )
         # No wait_for_lease: addresses are static and there is no DHCP; the chain waits for SSH.
@@ -108,8 +110,10 @@ class Machine(pulumi.ComponentResource):
             cpu=None
             if cfg.libvirt.cpu_mode == "default" or domain_type == "qemu"
             else libvirt.DomainCpuArgs(mode=cfg.libvirt.cpu_mode),
-            cloudinit=self.cloudinit.id,
-            disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],
+            disks=[
+                libvirt.DomainDiskArgs(volume_id=self.disk.id),
+                libvirt.DomainDiskArgs(volume_id=self.cloudinit.id),
+            ],
             network_interfaces=[
                 libvirt.DomainNetworkInterfaceArgs(
                     network_id=net.network.id,

@@ -17,15 +17,17 @@ from lab.ssh import SshError
 from lab.topology import Node
 
 KUBECONFIG = "/etc/kubernetes/admin.conf"
+# Seconds a TCP connect may take before the path counts as filtered, scaled by the session's
+# slowdown: a loaded emulated guest took over 2 s to answer a connect to its peer port (HA run 6).
 PROBE_TIMEOUT = 2
 
 # One TCP probe per line: "<ip> <port> ok|timeout|<error>"; all probes of a node run in parallel.
 _PROBE = r"""probe() {
-  out=$(timeout PROBE_TIMEOUT bash -c "echo > /dev/tcp/$1/$2" 2>&1); rc=$?
+  out=$(timeout $PROBE_TIMEOUT bash -c "echo > /dev/tcp/$1/$2" 2>&1); rc=$?
   if [ $rc = 0 ]; then echo "$1 $2 ok"; elif [ $rc = 124 ]; then echo "$1 $2 timeout";
   else echo "$1 $2 ${out##*: }"; fi
 }
-""".replace("PROBE_TIMEOUT", str(PROBE_TIMEOUT))
+"""
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,13 @@ async def probe(
     """TCP connect from `source` to each (name, address, port), all at once, in one SSH command."""
     if not targets:
         return []
+    limit = PROBE_TIMEOUT * session.slowdown
     calls = "".join(f"probe {shlex.quote(a)} {p} &\n" for _, a, p in targets)
     try:
         r = await session.shell(source).run(
-            _PROBE + calls + "wait\n", sudo=False, timeout=PROBE_TIMEOUT + 10
+            f"PROBE_TIMEOUT={limit:g}\n" + _PROBE + calls + "wait\n",
+            sudo=False,
+            timeout=limit + 10 * session.slowdown,
         )
     except SshError as e:
         return [TcpPath(source.name, n, p, False, f"ssh: {e}") for n, _, p in targets]

@@ -1,4 +1,4 @@
-"""cloud-init user-data and network-config for one node.
+"""cloud-init user-data and network-config for one node, and its NoCloud seed ISO.
 
 The node image (image/, `make image`) already holds everything a node runs: containerd,
 kubeadm, kubelet, kubectl and every container image. cloud-init only configures: the node's
@@ -14,6 +14,12 @@ libvirt updates in place.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -95,3 +101,52 @@ def network_config(cfg: LabConfig, node: Node) -> str:
 
 def meta_data(node: Node) -> str:
     return yaml.safe_dump({"instance-id": node.name, "local-hostname": node.name})
+
+
+ISO_TOOLS = ("genisoimage", "mkisofs")
+
+
+class SeedError(Exception):
+    """The seed ISO could not be written; the message says why and what to install."""
+
+
+def seed_iso(cfg: LabConfig, node: Node, user_data: str) -> Path:
+    """The node's NoCloud seed, an ISO labelled `cidata`, written into the state folder and
+    named by a hash of its files: a changed seed is a new path, so Pulumi replaces the seed
+    volume uploaded from it (and the machine), and an unchanged one is not written again.
+
+    The lab writes it rather than the provider's CloudInitDisk: that resource reads its ISO
+    back on every refresh through go-libvirt's stream download, which can take a data packet
+    for the call's reply and then hold the provider's only libvirt connection forever. The
+    file holds the node's private host key, so it is the user's alone, like the keys beside it.
+    """
+    files = {
+        "user-data": user_data,
+        "meta-data": meta_data(node),
+        "network-config": network_config(cfg, node),
+    }
+    digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:16]
+    folder = (cfg.state_dir / "seeds").resolve()
+    path = folder / f"{node.name}-{digest}.iso"
+    if path.is_file():
+        return path
+    tool = next((t for t in map(shutil.which, ISO_TOOLS) if t), None)
+    if tool is None:
+        raise SeedError(
+            "genisoimage (or mkisofs) is missing: the lab writes each node's cloud-init seed"
+            " with it; apt install genisoimage (`make up` does)"
+        )
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in folder.glob(f"{node.name}-*.iso"):  # an earlier seed of this node
+        old.unlink()
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        for name, content in files.items():
+            Path(tmp, name).write_text(content)
+        partial = Path(tmp, "seed.iso")
+        cmd = [tool, "-quiet", "-output", str(partial), "-volid", "cidata", "-joliet", "-rock"]
+        out = subprocess.run([*cmd, *files], cwd=tmp, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SeedError(f"{tool} failed writing {node.name}'s seed: {out.stderr.strip()}")
+        partial.chmod(0o600)
+        os.replace(partial, path)
+    return path

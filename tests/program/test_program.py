@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -150,9 +152,44 @@ def test_ssh_pins_the_host_key_and_secrets_stay_secret(run_program, tmp_path) ->
     assert conn["hostKey"] == pinned
     assert conn["dialErrorLimit"] == -1
     assert is_secret(conn["privateKey"]) or is_secret(g.input("kubeconfig", "connection"))
-    # The user-data carries the node's private host key: it must be a secret in state.
-    assert is_secret(g.input("cp2-cloudinit", "userData"))
-    assert not is_secret(g.input("cp2-cloudinit", "networkConfig"))
+    # The user data carries each node's private host key: it stays in the seed file, and no
+    # input Pulumi records holds it.
+    recorded = json.dumps([r.inputs for r in g.resources.values()])
+    for node in ("cp1", "cp2", "worker1"):
+        body = (tmp_path / "state" / "hosts" / node).read_text().splitlines()[2:-1]
+        assert body and not [line for line in body if line in recorded], node
+
+
+def test_each_node_boots_from_a_cidata_seed_of_its_own(run_program, tmp_path) -> None:
+    """The seed volume is uploaded from the ISO the lab wrote: cloud-init's NoCloud label, the
+    node's own files, readable by its owner alone; an unchanged config writes nothing new."""
+    g = run_program()
+    seed = Path(g.input("cp2-cloudinit", "source"))
+    assert seed.parent == (tmp_path / "state" / "seeds").resolve()
+    assert g.input("cp2-cloudinit", "format") == "iso"
+    disks = [d["volumeId"] for d in g.input("cp2-domain", "disks")]
+    assert disks == ["cp2-disk-id", "cp2-cloudinit-id"]
+    assert seed.stat().st_mode & 0o077 == 0
+    info = subprocess.run(["isoinfo", "-d", "-i", seed], capture_output=True, text=True).stdout
+    assert "Volume id: cidata" in info
+    files = {
+        name: subprocess.run(
+            ["isoinfo", "-R", "-x", f"/{name}", "-i", seed], capture_output=True, text=True
+        ).stdout
+        for name in ("user-data", "meta-data", "network-config")
+    }
+    assert files["user-data"].startswith("#cloud-config") and "cp2" in files["user-data"]
+    assert "instance-id: cp2" in files["meta-data"]
+    assert "ethernets" in files["network-config"]
+    assert sorted(p.name for p in seed.parent.glob("cp2-*.iso")) == [seed.name]
+
+    again = run_program()
+    assert again.input("cp2-cloudinit", "source") == str(seed)
+    changed = run_program("ssh: {user: other}\n")
+    assert changed.input("cp2-cloudinit", "source") != str(seed)
+    assert [p.name for p in seed.parent.glob("cp2-*.iso")] == [
+        Path(changed.input("cp2-cloudinit", "source")).name
+    ]  # the earlier seed of the node is gone
 
 
 def test_five_control_planes_extend_the_chain(run_program) -> None:
