@@ -6,9 +6,9 @@ static lab address, the lab user and key, a pinned SSH host key (so the first co
 already verified), its own /etc/hosts line, and on cp1 the kubeadm configuration and flannel's
 manifest. Nothing is installed or pulled at boot.
 
-A node's user data depends on that node alone, never on which other nodes exist: the provider
-replaces a cloud-init disk whose user data changed, so a node list in it would rebuild every
-machine when a worker is added. Other nodes' names resolve through the lab network's DNS, which
+A node's user data depends on that node alone, never on which other nodes exist: a changed seed
+replaces the node's seed volume and machine, so a node list in it would rebuild every machine
+when a worker is added. Other nodes' names resolve through the lab network's DNS, which
 libvirt updates in place.
 """
 
