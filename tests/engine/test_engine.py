@@ -120,8 +120,8 @@ def test_machines_only_up_again_and_destroy(libvirtd, make_stack, tmp_path):
     stack.pulumi("up", "--yes", "--skip-preview", "--expect-no-changes", "--diff")
     # A refresh reads every object back, the seed volume too (it downloads nothing: see
     # lab.render.cloudinit.seed_iso), and finds each as it was. The one difference it reports
-    # is the provider's: it reads the network's DHCP back as enabled (README, after an interrupted
-    # `pulumi up`).
+    # is the provider's: it reads the nodes' DHCP host entries back as DHCP enabled (README,
+    # after an interrupted `pulumi up`).
     refresh = stack.pulumi("refresh", "--yes", "--skip-preview", timeout=300).stdout
     diffs = [line.split()[2] for line in refresh.splitlines() if "[diff" in line]
     assert set(diffs) <= {"network"}, refresh
