@@ -6,11 +6,11 @@ Pulumi would report the same problems, later and in the provider's words (`dial 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from lab.config import LabConfig
+from lab.render.cloudinit import ISO_TOOL_MISSING, iso_tool
 
 # Where libvirt listens for qemu:///system: the monolithic daemon, or the modular virtqemud.
 SYSTEM_SOCKETS = ("/var/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock")
@@ -53,9 +53,6 @@ def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm")) -> list[str]:
             f"the node image {cfg.image_source} is missing: build it with `make image`"
             " (`make up` does; about 20 min the first time)"
         )
-    if not (shutil.which("genisoimage") or shutil.which("mkisofs")):
-        problems.append(
-            "genisoimage (or mkisofs) is missing: the lab writes each node's cloud-init seed"
-            " with it on this host; apt install genisoimage (`make up` does)"
-        )
+    if iso_tool() is None:
+        problems.append(ISO_TOOL_MISSING)
     return problems

@@ -103,11 +103,19 @@ def meta_data(node: Node) -> str:
     return yaml.safe_dump({"instance-id": node.name, "local-hostname": node.name})
 
 
-ISO_TOOLS = ("genisoimage", "mkisofs")
+ISO_TOOL_MISSING = (
+    "genisoimage (or mkisofs) is missing: the lab writes each node's cloud-init seed with it"
+    " on this host; apt install genisoimage (`make up` does)"
+)
 
 
 class SeedError(Exception):
     """The seed ISO could not be written; the message says why and what to install."""
+
+
+def iso_tool() -> str | None:
+    """The ISO writer on this host: genisoimage, or mkisofs where only that is installed."""
+    return shutil.which("genisoimage") or shutil.which("mkisofs")
 
 
 def seed_iso(cfg: LabConfig, node: Node, user_data: str) -> Path:
@@ -130,12 +138,9 @@ def seed_iso(cfg: LabConfig, node: Node, user_data: str) -> Path:
     path = folder / f"{node.name}-{digest}.iso"
     if path.is_file():
         return path
-    tool = next((t for t in map(shutil.which, ISO_TOOLS) if t), None)
+    tool = iso_tool()
     if tool is None:
-        raise SeedError(
-            "genisoimage (or mkisofs) is missing: the lab writes each node's cloud-init seed"
-            " with it; apt install genisoimage (`make up` does)"
-        )
+        raise SeedError(ISO_TOOL_MISSING)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     for old in folder.glob(f"{node.name}-*.iso"):  # an earlier seed of this node
         old.unlink()

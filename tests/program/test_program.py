@@ -162,7 +162,8 @@ def test_ssh_pins_the_host_key_and_secrets_stay_secret(run_program, tmp_path) ->
 
 def test_each_node_boots_from_a_cidata_seed_of_its_own(run_program, tmp_path) -> None:
     """The seed volume is uploaded from the ISO the lab wrote: cloud-init's NoCloud label, the
-    node's own files, readable by its owner alone; an unchanged config writes nothing new."""
+    node's own files, readable by its owner alone; an unchanged config keeps its seed's path, a
+    changed one replaces the node's earlier seed."""
     g = run_program()
     seed = Path(g.input("cp2-cloudinit", "source"))
     assert seed.parent == (tmp_path / "state" / "seeds").resolve()
