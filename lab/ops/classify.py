@@ -82,6 +82,13 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         ("?timeout=", "tls handshake timeout", "client.timeout exceeded"),
     ),
     (
+        "kubelet-bootstrap",
+        "the kubelet's TLS bootstrap did not finish in time: the API server it bootstraps against"
+        " (with kubeadm's ControlPlaneKubeletLocalMode, the joining node's own) did not answer;"
+        " kubeadm deletes the bootstrap credentials as it gives up, so the attempt is undone",
+        ("waiting for tls bootstrap",),
+    ),
+    (
         "timeout",
         "a connection or request timed out (filtered port, lost packets)",
         ("timed out", "timeout", "deadline exceeded", "i/o timeout", "context deadline"),

@@ -116,8 +116,18 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
 # kubelet starts it), then its member-ID lookup timed out once and it gave up ("context
 # deadline exceeded"). Both measured under emulation; resetting throws that work away and meets
 # the same limit again. The lab promotes the learner of (b) itself, then runs the phases after
-# these for both, with kubeadm's own `--skip-phases`.
-AFTER_ETCD_JOIN = ("preflight", "control-plane-prepare", "check-etcd", "kubelet-start", "etcd-join")
+# these for both, with kubeadm's own `--skip-phases`. The etcd member is added in `etcd-join`
+# when kubeadm's ControlPlaneKubeletLocalMode is on (its default), in `control-plane-join/etcd`
+# when it is off (the emulated profile, lab/render/kubeadm.py): both are skipped, as kubeadm
+# skips the one its gate does not run.
+AFTER_ETCD_JOIN = (
+    "preflight",
+    "control-plane-prepare",
+    "check-etcd",
+    "kubelet-start",
+    "etcd-join",
+    "control-plane-join/etcd",
+)
 ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd.yaml"
 
 

@@ -45,6 +45,13 @@ EMULATED_LEADER_ELECTION = {
 # fails its etcd check after 2 s: on a loaded emulated etcd the controller manager that had won
 # the lease exited and started again for minutes (HA e2e), approving no node's certificate.
 EMULATED_API_SERVER = {"etcd-healthcheck-timeout": "30s", "etcd-readycheck-timeout": "30s"}
+# kubeadm 1.33+ (ControlPlaneKubeletLocalMode, on by default) has a joining control plane's
+# kubelet bootstrap against that node's own API server, after etcd-join: the slowest thing to
+# come up on a loaded emulated guest, which needs its new etcd member caught up first. HA run 8:
+# cp2's learner promoted, then 21 min in kubelet-wait-bootstrap, and a voter to undo. Off, the
+# kubelet bootstraps through the endpoint (the API servers already up) in kubelet-start, before
+# etcd is touched, and etcd's member is kubeadm's last step but marking the node.
+EMULATED_FEATURE_GATES = {"ControlPlaneKubeletLocalMode": False}
 
 
 def _node_registration(node: Node) -> dict[str, Any]:
@@ -129,6 +136,7 @@ def init_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> s
         init["timeouts"] = EMULATED_TIMEOUTS | {"upgradeManifests": "20m0s"}
         init["patches"] = {"directory": PATCHES_DIR}
         cluster["etcd"] = {"local": {"extraArgs": _args(EMULATED_ETCD)}}
+        cluster["featureGates"] = EMULATED_FEATURE_GATES
         cluster["apiServer"]["extraArgs"] = _args(EMULATED_API_SERVER)
         for component in ("controllerManager", "scheduler"):
             cluster[component] = {"extraArgs": _args(EMULATED_LEADER_ELECTION)}

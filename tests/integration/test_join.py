@@ -106,7 +106,8 @@ def test_3b_a_join_that_failed_after_its_promote_is_finished_not_reset(
     assert "kubeadm join failed, but etcd made this node a voter: finish it, not reset it" in out
     assert (
         "kubeadm join, the remaining phases"
-        " (--skip-phases=preflight,control-plane-prepare,check-etcd,kubelet-start,etcd-join)"
+        " (--skip-phases=preflight,control-plane-prepare,check-etcd,kubelet-start,etcd-join,"
+        "control-plane-join/etcd)"
     ) in out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
@@ -169,7 +170,8 @@ def test_3e_remaining_phases_past_kubeadms_api_limit_run_again_not_undone(
     lab.nodes["cp2"].configure(promote_reply_lost=True, remaining_phases_fail=1)
     out = ok(lab.lab("join", "cp2"))
     assert "unable to fetch the kubeadm-config ConfigMap" in out
-    assert "etcd-join), run 2" in out and "joined on attempt 1" in out and "undo" not in out
+    assert "control-plane-join/etcd), run 2" in out
+    assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
 

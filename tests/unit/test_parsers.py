@@ -4,7 +4,8 @@ text the node prints, kept in tests/unit/recorded/. probe.txt has the probe scri
 of a generated CA; the kubeadm and kubectl files are in the exact format those tools print
 (kubeadm-join-etcd-join.txt ends with the failure real kubeadm 1.34 gave under emulation;
 kubeadm-join-member-lookup.txt and kubeadm-join-sync-endpoints.txt are the error lines of two
-more, from HA e2e runs)."""
+more, from HA e2e runs; kubeadm-join-tls-bootstrap.txt ends with the error line of HA run 8,
+after the lines kubeadm 1.34 prints before it)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,14 @@ def test_etcd_join_giving_up_on_a_slow_etcd_is_named_as_such(name: str) -> None:
     text = recorded(name)
     assert "error execution phase etcd-join:" in gist(text)
     assert classify(text)[0] == "kubeadm-etcd-limit"
+
+
+def test_a_tls_bootstrap_that_ran_out_is_not_a_network_timeout() -> None:
+    """HA run 8, real kubeadm 1.34: the phases after etcd-join waited 20 min for the kubelet's
+    TLS bootstrap against cp2's own API server; a network timeout it is not."""
+    text = recorded("kubeadm-join-tls-bootstrap.txt")
+    assert "error execution phase kubelet-wait-bootstrap:" in gist(text)
+    assert classify(text)[0] == "kubelet-bootstrap"
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

@@ -143,6 +143,7 @@ def test_init_configuration_advertises_the_lab_address(lab) -> None:
     assert cluster["networking"]["podSubnet"] == "10.244.0.0/16"
     assert cluster["apiServer"]["certSANs"] == ["10.30.0.10"]
     assert "timeouts" not in init and "etcd" not in cluster  # kubeadm's defaults under KVM
+    assert "featureGates" not in cluster
 
 
 def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
@@ -159,6 +160,8 @@ def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
         assert flags["leader-elect-renew-deadline"] == "40s"
     flags = {a["name"]: a["value"] for a in cluster["apiServer"]["extraArgs"]}
     assert flags["etcd-healthcheck-timeout"] == "30s"
+    # a joining control plane's kubelet bootstraps through the endpoint, not its own API server
+    assert cluster["featureGates"] == {"ControlPlaneKubeletLocalMode": False}
     join = yaml.safe_load(
         kubeadm.join_configuration(
             cfg, topo.node("cp2"), certificate_key="k" * 64, domain_type="qemu", **CREDS
