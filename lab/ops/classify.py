@@ -20,7 +20,7 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         "already-voter",
         "etcd had promoted the member, but kubeadm's promote call timed out and its retries were"
         " refused (the join's remaining phases finish such a node)",
-        ("can only promote a learner member",),
+        ("can only promote a learner member", "has been a voter"),
     ),
     (
         "too-many-learners",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from lab.etcd import PEER_PORT, EtcdError
 from lab.ops.classify import classify
@@ -30,6 +31,7 @@ from lab.ops.node import (
     kubeadm_join,
     kubeadm_reset,
     probe,
+    stop_kubeadm_join,
     wait_until_reachable,
     write_join_config,
 )
@@ -100,7 +102,7 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
     step(f"gate on the {voters} current voter(s)")
     await stable(session, voters, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name)
     try:
-        await kubeadm_join_fresh(session, node, attempt)
+        await kubeadm_join_fresh(session, node, attempt, watch=True)
     except OpFailed as e:
         await finish_partial_join(session, node, attempt, e)
     step(f"gate on {voters + 1} voters")
@@ -214,15 +216,56 @@ async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:
     await kubeadm_join_fresh(session, node, attempt)
 
 
-async def kubeadm_join_fresh(session: Session, node: Node, attempt: Attempt) -> None:
-    """`kubeadm join` with a token (and certificate key) fetched now: they expire."""
+async def kubeadm_join_fresh(
+    session: Session, node: Node, attempt: Attempt, *, watch: bool = False
+) -> None:
+    """`kubeadm join` with a token (and certificate key) fetched now: they expire. `watch`: a
+    control plane's, watched from etcd (below)."""
     step = progress(session, node, attempt)
     admin = await admin_node(session)
     step(f"fresh token, CA hash and certificate key from {admin.name}")
     creds = await fetch_credentials(session, admin, control_plane=node.is_control_plane)
     await write_join_config(session, node, creds)
-    step("kubeadm join")
-    await kubeadm_join(session, node, timeout=attempt.left())
+    step("kubeadm join" + (", its etcd member watched" if watch else ""))
+    join = kubeadm_join(session, node, timeout=attempt.left())
+    await (stopped_once_a_voter(session, node, join) if watch else join)
+
+
+# HA run 9: kubeadm's first promote went through (etcd logged it a minute into the join), its
+# reply did not come back within kubeadm's fixed 2 s, and kubeadm asked again once a second,
+# each refused with "can only promote a learner member" and each a raft entry, until its
+# etcdAPICall timeout (20 min under emulation) ran out. A voter for this long means kubeadm
+# has nothing left to do in etcd: it is stopped, and the remaining phases finish the node.
+VOTER_GRACE_SECONDS = 30
+
+
+async def stopped_once_a_voter(
+    session: Session, node: Node, join: Coroutine[Any, Any, None]
+) -> None:
+    grace = VOTER_GRACE_SECONDS * session.slowdown
+    interval = max(session.cfg.tuning.gate_poll_interval_seconds, 5.0)
+    task = asyncio.ensure_future(join)
+    voter_since: float | None = None
+    try:
+        while not (await asyncio.wait({task}, timeout=interval))[0]:
+            try:
+                members = (await session.snapshot()).members_of(node)
+            except (OpFailed, EtcdError):
+                continue  # a loaded etcd: ask again next time
+            is_voter = bool(members) and not any(m.is_learner for m in members)
+            voter_since = (voter_since or time.monotonic()) if is_voter else None
+            if voter_since is not None and time.monotonic() - voter_since > grace:
+                await stop_kubeadm_join(session, node)
+                raise OpFailed(
+                    f"{node.name}: its etcd member has been a voter for {grace:.0f}s and kubeadm"
+                    " join still runs (a promote whose reply was lost is retried until"
+                    " kubeadm's etcdAPICall timeout): stopped it"
+                )
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def progress(session: Session, node: Node, attempt: Attempt) -> Callable[[str], None]:

@@ -209,9 +209,20 @@ async def kubeadm_join(
     command = f"kubeadm join --config {JOIN_PATH}"
     if skip_phases:
         command += f" --skip-phases={','.join(skip_phases)}"
-    r = await session.shell(node).run(command, timeout=timeout)
+    # The shell's PID becomes kubeadm's (exec), for stop_kubeadm_join.
+    r = await session.shell(node).run(f"echo $$ > {JOIN_PID} && exec {command}", timeout=timeout)
     if not r.ok:
         raise OpFailed(f"{command} failed (exit {r.exit_status}): {gist(r.output)}")
+
+
+JOIN_PID = "/etc/kubernetes/lab/kubeadm-join.pid"
+
+
+async def stop_kubeadm_join(session: Session, node: Node) -> None:
+    """Stop the node's running `kubeadm join` (by its PID: test nodes share one PID space)."""
+    await session.shell(node).run(
+        f"kill $(cat {JOIN_PID}) 2>/dev/null; true", timeout=30 * session.slowdown
+    )
 
 
 def gist(output: str, most: int = 4) -> str:

@@ -114,6 +114,21 @@ def test_3b_a_join_that_failed_after_its_promote_is_finished_not_reset(
     assert lab.get_from("cp2", "/it/before") == "kept"
 
 
+def test_3b2_a_kubeadm_still_retrying_a_promote_that_was_done_is_stopped_and_finished(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA run 9, real kubeadm: its promote went through, the reply was lost, and it retried for
+    20 min (its etcdAPICall timeout). Here its retries would last 10 min: `lab join` sees the
+    member a voter, stops kubeadm and finishes the node with the remaining phases."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.nodes["cp2"].configure(promote_reply_lost=True, promote_timeout=600)
+    out = ok(lab.lab("join", "cp2"))
+    assert "its etcd member has been a voter for 30s and kubeadm join still runs" in out
+    assert "kubeadm join failed, but etcd made this node a voter: finish it, not reset it" in out
+    assert "joined on attempt 1" in out and "undo" not in out
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
 def test_3c_a_join_that_failed_after_starting_its_learner_is_promoted_and_finished(
     make_harness: Callable[..., Harness],
 ) -> None:
