@@ -203,6 +203,9 @@ async def write_join_config(session: Session, node: Node, creds: Credentials) ->
             await shell.write_file(path, patch.encode(), mode=0o644)
 
 
+JOIN_PID = "/etc/kubernetes/lab/kubeadm-join.pid"
+
+
 async def kubeadm_join(
     session: Session, node: Node, timeout: float, skip_phases: tuple[str, ...] = ()
 ) -> None:
@@ -213,9 +216,6 @@ async def kubeadm_join(
     r = await session.shell(node).run(f"echo $$ > {JOIN_PID} && exec {command}", timeout=timeout)
     if not r.ok:
         raise OpFailed(f"{command} failed (exit {r.exit_status}): {gist(r.output)}")
-
-
-JOIN_PID = "/etc/kubernetes/lab/kubeadm-join.pid"
 
 
 async def stop_kubeadm_join(session: Session, node: Node) -> None:
