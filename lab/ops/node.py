@@ -225,10 +225,19 @@ async def stop_kubeadm_join(session: Session, node: Node) -> None:
     )
 
 
+# Lines that say "error" and are not kubeadm's: the etcd client's JSON retry warnings, and
+# kubeadm's hint on how to see a stack trace.
+NOT_THE_ERROR = ('{"level":', "To see the stack trace")
+
+
 def gist(output: str, most: int = 4) -> str:
     """The error lines of a long kubeadm output (each once), else its last lines."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = list(dict.fromkeys(ln for ln in lines if "error" in ln.lower()))
+    errors = list(
+        dict.fromkeys(
+            ln for ln in lines if "error" in ln.lower() and not ln.startswith(NOT_THE_ERROR)
+        )
+    )
     return "\n    ".join((errors or lines)[-most:]) or "no output"
 
 

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / ".lab" / "images" / f"k8s-node-v{IMAGE_KUBERNETES}.qcow2"
 MANIFEST = ROOT / ".lab" / "images" / "manifest.json"
 LAB = ROOT / ".venv" / "bin" / "lab"
-UP_TIMEOUT = 3600
+# An HA up under emulation: cp1 about 5 min, each joining control plane 10-25 min (README).
+UP_TIMEOUT = 5400
 API_RESTART = 300
 # What kubectl says when the API server is restarting, or too loaded to finish a request within
 # its 60 s, or (EOF from haproxy at the VIP) taken out by haproxy's health check: every command

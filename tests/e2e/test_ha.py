@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.harness import wait_until
 
-from .cluster import Cluster, cluster_on
+from .cluster import UP_TIMEOUT, Cluster, cluster_on
 from .conftest import Libvirtd
 
 CIDR = "10.41.0.0/24"
@@ -135,9 +135,9 @@ def test_5_a_partition_cleared_during_cp3_join_is_retried_to_three_voters(ha: Cl
             stderr=subprocess.STDOUT,
         )
         failed = "cp3: attempt 1 failed"
-        wait_until(lambda: failed in text_of(log), 3600, "cp3's first attempt to fail", 5)
+        wait_until(lambda: failed in text_of(log), UP_TIMEOUT, "cp3's first attempt to fail", 5)
         partition(ha, "-D")
-        assert proc.wait(timeout=3600) == 0, output.read_text()
+        assert proc.wait(timeout=UP_TIMEOUT) == 0, output.read_text()
     said = text_of(log)
     assert "cp3: joined on attempt" in said and "cp3: joined on attempt 1\n" not in said
     assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])

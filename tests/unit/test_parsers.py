@@ -88,6 +88,7 @@ def test_etcd_join_giving_up_on_a_slow_etcd_is_named_as_such(name: str) -> None:
     is the same cause (not a network timeout), whichever call it was."""
     text = recorded(name)
     assert "error execution phase etcd-join:" in gist(text)
+    assert '"level"' not in gist(text) and "stack trace" not in gist(text)
     assert classify(text)[0] == "kubeadm-etcd-limit"
 
 

@@ -38,9 +38,7 @@ def render(cfg: LabConfig, topo: Topology, state: Path, node: Node) -> str:
 @pytest.mark.parametrize("node", ["cp1", "cp2", "worker1"])
 def test_user_data_passes_cloud_inits_own_schema(lab, node: str, tmp_path: Path) -> None:
     cloud_init = shutil.which("cloud-init")
-    assert cloud_init, (
-        "cloud-init is missing: `make test` installs it (scripts/install-test-deps.sh)"
-    )
+    assert cloud_init, "cloud-init is missing: `make test-unit` installs it"
     cfg, topo, state = lab
     path = tmp_path / f"{node}.yaml"
     path.write_text(render(cfg, topo, state, topo.node(node)))
