@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -39,6 +40,10 @@ from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
 from lab.ssh import SshError
 from lab.topology import Node
 
+# Under emulation a control plane's first attempt took 23-34 min (HA runs 9 and 10): the
+# default 40 min budget left a second attempt 4 min. Emulated, the budget is this many times it.
+EMULATED_BUDGET = 3
+
 
 async def join(session: Session, name: str) -> None:
     node, t = session.topo.node(name), session.cfg.tuning
@@ -52,6 +57,7 @@ async def join(session: Session, name: str) -> None:
         session.say(name, "already joined and healthy: no-op")
         return
     one_attempt = join_control_plane if node.is_control_plane else join_worker
+    budget = EMULATED_BUDGET if session.domain_type == "qemu" else 1
     undone = True
 
     async def undo(attempt: Attempt, error: Exception) -> None:
@@ -72,7 +78,7 @@ async def join(session: Session, name: str) -> None:
     try:
         done = await retry(
             lambda attempt: one_attempt(session, node, attempt),
-            Backoff.from_tuning(t),
+            Backoff.from_tuning(t, budget),
             retry_on=(OpFailed, SshError, EtcdError),
             undo=undo,
             say=lambda line: session.say(name, line),
@@ -159,27 +165,48 @@ async def finish_partial_join(
     await remaining_phases(session, node, attempt)
 
 
+# The phases after those, in kubeadm's order (cmd/kubeadm/app/cmd/join.go). Only the first two
+# read the cluster's configuration through the endpoint (kubeadm's fixed 10 s per request);
+# wait-control-plane asks the node's own API server for /livez.
+FINISHING_PHASES = (
+    "kubelet-wait-bootstrap",
+    "control-plane-join/mark-control-plane",
+    "wait-control-plane",
+)
 REMAINING_PHASES_RUNS = 3
 
 
 async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> None:
     """kubeadm's phases after etcd-join, run again while one of their API requests passes
     kubeadm's fixed 10 s (HA e2e run 5): the node is a voter by then, and undoing a working
-    voter to join it again only loads the cluster more. Any other failure is the attempt's."""
+    voter to join it again only loads the cluster more. A run goes on from the phase the one
+    before failed in (HA run 10: runs 2 and 3 redid finished phases, and their configuration
+    fetch timed out). Any other failure is the attempt's."""
     step = progress(session, node, attempt)
+    skip: tuple[str, ...] = AFTER_ETCD_JOIN
     for run in range(1, REMAINING_PHASES_RUNS + 1):
         again = f", run {run}" if run > 1 else ""
-        step(
-            f"kubeadm join, the remaining phases (--skip-phases={','.join(AFTER_ETCD_JOIN)}){again}"
-        )
+        step(f"kubeadm join, the remaining phases (--skip-phases={','.join(skip)}){again}")
         try:
-            await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=AFTER_ETCD_JOIN)
+            await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=skip)
             return
         except OpFailed as e:
             last = run == REMAINING_PHASES_RUNS or attempt.left(at_least=0) < 60
             if last or classify(str(e))[0] != "api-timeout":
                 raise
             session.say(node.name, f"    {e}")
+            skip = AFTER_ETCD_JOIN + finished_phases(str(e))
+
+
+def finished_phases(error: str) -> tuple[str, ...]:
+    """The finishing phases before the one kubeadm's error names ("error execution phase X" or
+    "error execution run condition for phase X"): those ran to the end."""
+    failed = re.search(r"error execution (?:run condition for )?phase ([\w/-]+)", error)
+    name = failed.group(1) if failed else ""
+    for done, phase in enumerate(FINISHING_PHASES):
+        if name.split("/")[0] == phase.split("/")[0]:
+            return FINISHING_PHASES[:done]
+    return ()
 
 
 async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> None:

@@ -21,12 +21,12 @@ class Backoff:
     jitter: float = 0.2
 
     @classmethod
-    def from_tuning(cls, t: Tuning) -> Backoff:
+    def from_tuning(cls, t: Tuning, budget_scale: float = 1) -> Backoff:
         return cls(
             t.cp_join_retry_sleep_seconds,
             t.cp_join_retry_max_sleep_seconds,
             t.cp_join_retry_attempts,
-            t.cp_join_retry_max_total_seconds,
+            t.cp_join_retry_max_total_seconds * budget_scale,
         )
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:

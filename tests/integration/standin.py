@@ -24,7 +24,8 @@ certificates, the API server) is reduced to what the lab can observe:
   with real kubeadm under emulation). With `member_lookup_fails`, it exits 1 after starting
   the learner's etcd, with the error kubeadm gave when its member-ID lookup timed out there.
   With `remaining_phases_fail: N`, the first N joins run with etcd-join skipped exit 1 with the
-  API timeout real kubeadm gave there.
+  API timeout real kubeadm gave there: before any phase ran, or (`remaining_phases_fail_in:
+  wait-control-plane`) in the last phase, the others done.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.
@@ -109,6 +110,7 @@ class NodeConf:
     promote_reply_lost: bool = False
     member_lookup_fails: bool = False
     remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
+    remaining_phases_fail_in: str = "kubelet-wait-bootstrap"  # | "wait-control-plane"
     reset_keeps_member: bool = False
 
     @classmethod
@@ -539,9 +541,10 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         return 0
     if "control-plane-prepare" not in skip:
         download_certs(node, endpoints, cp)
+    failing = "etcd-join" in skip and remaining_phases_failing(node)
     if "etcd-join" not in skip:
         join_etcd(node, endpoints)
-    elif remaining_phases_failing(node):
+    elif failing and node.remaining_phases_fail_in == "kubelet-wait-bootstrap":
         # Real kubeadm under emulation: its first API request after etcd-join passed its 10 s.
         raise Fail(
             "error execution run condition for phase kubelet-wait-bootstrap: unable to fetch the"
@@ -554,6 +557,13 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, endpoints, "control-plane")
+    if failing and node.remaining_phases_fail_in == "wait-control-plane":
+        # HA run 10: the node's own API server did not answer /livez within 20 min.
+        raise Fail(
+            "error execution phase wait-control-plane: failed while waiting for the control"
+            " plane to start: kube-apiserver check failed at https://10.41.0.13:6443/livez:"
+            ' Get "https://10.41.0.13:6443/livez?timeout=10s": context deadline exceeded'
+        )
     say("This node has joined the cluster and a new control plane instance was created.")
     return 0
 

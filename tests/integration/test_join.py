@@ -190,6 +190,25 @@ def test_3e_remaining_phases_past_kubeadms_api_limit_run_again_not_undone(
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
 
+def test_3f_remaining_phases_run_again_from_the_phase_that_failed(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA run 10, real kubeadm: the remaining phases failed in their last (the node's own API
+    server's /livez), and running them all again met the configuration fetch's 10 s twice. The
+    next run skips the phases that were done."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.nodes["cp2"].configure(
+        promote_reply_lost=True,
+        remaining_phases_fail=1,
+        remaining_phases_fail_in="wait-control-plane",
+    )
+    out = ok(lab.lab("join", "cp2"))
+    assert "error execution phase wait-control-plane" in out
+    assert "kubelet-wait-bootstrap,control-plane-join/mark-control-plane), run 2" in out
+    assert "joined on attempt 1" in out and "undo" not in out
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
 def test_4_fault_never_clears(make_harness: Callable[..., Harness]) -> None:
     lab = started(
         make_harness(

@@ -5,7 +5,9 @@ of a generated CA; the kubeadm and kubectl files are in the exact format those t
 (kubeadm-join-etcd-join.txt ends with the failure real kubeadm 1.34 gave under emulation;
 kubeadm-join-member-lookup.txt and kubeadm-join-sync-endpoints.txt are the error lines of two
 more, from HA e2e runs; kubeadm-join-tls-bootstrap.txt ends with the error line of HA run 8,
-after the lines kubeadm 1.34 prints before it)."""
+after the lines kubeadm 1.34 prints before it; kubeadm-join-wait-control-plane.txt and
+kubeadm-join-run-condition.txt are the error lines of two runs of the remaining phases in HA run
+10)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from lab.etcd import describe
 from lab.ops.classify import classify
 from lab.ops.common import OpFailed
+from lab.ops.join import finished_phases
 from lab.ops.node import ca_cert_hash, gist, last_line, parse_probes, ready_nodes
 
 RECORDED = Path(__file__).with_name("recorded")
@@ -120,3 +123,27 @@ def test_etcd_errors_keep_etcds_words_and_shorten_grpcs() -> None:
     wrapped = RuntimeError("member list")
     wrapped.__cause__ = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
     assert describe(wrapped) == "DEADLINE_EXCEEDED: timed out"
+
+
+@pytest.mark.parametrize(
+    ("name", "finished"),
+    [
+        # failed in the last phase: the next run is wait-control-plane alone, no config fetch
+        (
+            "kubeadm-join-wait-control-plane.txt",
+            ("kubelet-wait-bootstrap", "control-plane-join/mark-control-plane"),
+        ),
+        # failed before the first finishing phase ran: nothing is done
+        ("kubeadm-join-run-condition.txt", ()),
+    ],
+)
+def test_a_run_of_the_remaining_phases_goes_on_where_the_last_one_failed(
+    name: str, finished: tuple[str, ...]
+) -> None:
+    """Real kubeadm 1.34, HA run 10: both are API timeouts, run again from the failed phase."""
+    text = recorded(name)
+    assert classify(text)[0] == "api-timeout"
+    assert finished_phases(text) == finished
+    mark = "error execution phase control-plane-join/mark-control-plane: timed out"
+    assert finished_phases(mark) == ("kubelet-wait-bootstrap",)
+    assert finished_phases("no phase named") == ()
