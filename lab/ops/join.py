@@ -216,8 +216,9 @@ async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> 
     interval = session.cfg.tuning.gate_poll_interval_seconds
     for refusals in itertools.count():
         learners = [m for m in (await session.snapshot()).members_of(node) if m.is_learner]
-        if not learners:
-            return  # promoted meanwhile (kubeadm's last retry, or a promote whose reply was lost)
+        if not learners:  # kubeadm's last retry, or a promote whose reply was lost (HA run 10)
+            session.say(node.name, "its learner is a voter now: promoted meanwhile")
+            return
         try:
             await (await session.etcd()).promote(learners[0].id)
             took = time.monotonic() - began
