@@ -203,7 +203,8 @@ def said(stdout: str, node: str, began: float) -> list[tuple[float, str]]:
 def kubeadm_join_seconds(lines: list[tuple[float, str]]) -> float:
     """How long the last attempt's `kubeadm join` itself ran: from its start to the next line
     (the gate, or `joined`); the remaining phases, when they ran, count too."""
-    starts = [i for i, (_, m) in enumerate(lines) if m.endswith(": kubeadm join")]
+    joins = (": kubeadm join", ": kubeadm join, its etcd member watched")
+    starts = [i for i, (_, m) in enumerate(lines) if m.endswith(joins)]
     assert starts, lines
     i = starts[-1]
     ends = ("gate on", "joined on")
