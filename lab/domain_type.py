@@ -20,6 +20,9 @@ DomainType = Literal["kvm", "qemu"]
 # How much longer a call to a guest may take under software emulation: SSH handshakes and etcd
 # calls that take well under a second under KVM took several seconds in loaded emulated guests.
 SLOWDOWN: dict[DomainType, float] = {"kvm": 1, "qemu": 6}
+# How many times `cp_join_retry_max_total_seconds` a join may take: an emulated control plane's
+# first attempt took 23-34 min (HA runs 9 and 10), leaving a second 4 min of the default 40.
+JOIN_BUDGET: dict[DomainType, float] = {"kvm": 1, "qemu": 3}
 BOOTED = "Kernel panic - not syncing: VFS"  # the kernel came up and looked for its root disk
 KVM_FAILED = "KVM internal error"
 

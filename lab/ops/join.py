@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from lab.domain_type import JOIN_BUDGET
 from lab.etcd import PEER_PORT, EtcdError
 from lab.ops.classify import classify
 from lab.ops.cleanup import cleanup_learners
@@ -40,10 +41,6 @@ from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
 from lab.ssh import SshError
 from lab.topology import Node
 
-# Under emulation a control plane's first attempt took 23-34 min (HA runs 9 and 10): the
-# default 40 min budget left a second attempt 4 min. Emulated, the budget is this many times it.
-EMULATED_BUDGET = 3
-
 
 async def join(session: Session, name: str) -> None:
     node, t = session.topo.node(name), session.cfg.tuning
@@ -57,7 +54,6 @@ async def join(session: Session, name: str) -> None:
         session.say(name, "already joined and healthy: no-op")
         return
     one_attempt = join_control_plane if node.is_control_plane else join_worker
-    budget = EMULATED_BUDGET if session.domain_type == "qemu" else 1
     undone = True
 
     async def undo(attempt: Attempt, error: Exception) -> None:
@@ -78,7 +74,7 @@ async def join(session: Session, name: str) -> None:
     try:
         done = await retry(
             lambda attempt: one_attempt(session, node, attempt),
-            Backoff.from_tuning(t, budget),
+            Backoff.from_tuning(t, JOIN_BUDGET[session.domain_type]),
             retry_on=(OpFailed, SshError, EtcdError),
             undo=undo,
             say=lambda line: session.say(name, line),

@@ -233,12 +233,8 @@ NOT_THE_ERROR = ('{"level":', "To see the stack trace")
 def gist(output: str, most: int = 4) -> str:
     """The error lines of a long kubeadm output (each once), else its last lines."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = list(
-        dict.fromkeys(
-            ln for ln in lines if "error" in ln.lower() and not ln.startswith(NOT_THE_ERROR)
-        )
-    )
-    return "\n    ".join((errors or lines)[-most:]) or "no output"
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith(NOT_THE_ERROR)]
+    return "\n    ".join((list(dict.fromkeys(errors)) or lines)[-most:]) or "no output"
 
 
 async def kubeadm_reset(session: Session, node: Node) -> None:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / ".lab" / "images" / f"k8s-node-v{IMAGE_KUBERNETES}.qcow2"
 MANIFEST = ROOT / ".lab" / "images" / "manifest.json"
 LAB = ROOT / ".venv" / "bin" / "lab"
-# An HA up under emulation: cp1 about 5 min, each joining control plane 10-25 min (README).
+# An HA up under emulation: cp1 about 5 min, each joining control plane 8-26 min (docs/ha-runs.md).
 UP_TIMEOUT = 5400
 API_RESTART = 300
 # What kubectl says when the API server is restarting, or too loaded to finish a request within
