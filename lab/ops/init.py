@@ -15,7 +15,7 @@ import time
 
 from lab.ops.common import OpFailed, Session
 from lab.ops.endpoint import serve_endpoint
-from lab.ops.node import KUBECONFIG, gist, kubeadm_reset, wait_until_reachable
+from lab.ops.node import KUBECONFIG, gist, kubeadm_reset, kubectl_until_ok, wait_until_reachable
 from lab.render import flannel
 from lab.render.kubeadm import INIT_PATH
 from lab.ssh import SshError
@@ -54,7 +54,10 @@ async def init(session: Session) -> None:
         await wait_for_init(session, node, deadline)
     say("kubeadm init done")
     if session.cfg.kubernetes.cni == "flannel":
-        await kubectl_apply(session, node, flannel.MANIFEST_PATH, deadline)
+        applied = await kubectl_until_ok(
+            session, node, f"apply -f {flannel.MANIFEST_PATH}", deadline
+        )
+        print(applied, end="", flush=True)
         say("flannel applied")
 
 
@@ -100,21 +103,3 @@ async def wait_for_init(session: Session, node: Node, deadline: float) -> None:
     print(log, end="", flush=True)  # kubeadm's own account, as if it had run here
     if status != "0":
         raise OpFailed(f"{node.name}: kubeadm init failed (exit {status}): {gist(log)}")
-
-
-async def kubectl_apply(session: Session, node: Node, manifest: str, deadline: float) -> None:
-    """Apply until the API server takes it: under emulation it may still be restarting."""
-    command = f"kubectl --kubeconfig {KUBECONFIG} apply -f {manifest}"
-    while True:
-        try:
-            r = await session.shell(node).run(command, timeout=60 * session.slowdown)
-            if r.ok:
-                print(r.stdout, end="", flush=True)
-                return
-            error = r.output
-        except SshError as e:
-            error = str(e)
-        if time.monotonic() > deadline:
-            raise OpFailed(f"{node.name}: `{command}` failed: {error}")
-        session.say(node.name, f"kubectl apply failed ({gist(error, 1)}); trying again")
-        await asyncio.sleep(POLL_SECONDS * session.slowdown)

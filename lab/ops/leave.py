@@ -1,15 +1,18 @@
 """`lab leave <node>`: remove a node safely. It refuses to remove the last voter or to leave
 fewer healthy voters than the remaining cluster's quorum (unless forced); it removes the etcd
-member first, then resets the node and deletes it from Kubernetes. A node that is not a member
-is a no-op etcd-wise. The node need not be in the config any more: a join's delete command
-names it (address, role, host key), so scaling down by editing the config still removes it.
+member first, then resets the node and deletes its Node object (tried again while the API server
+does not answer). A node that is not a member is a no-op etcd-wise. The node need not be in the
+config any more: a join's delete command names it (address, role, host key), so scaling down by
+editing the config still removes it.
 """
 
 from __future__ import annotations
 
+import time
+
 from lab.etcd import Member
 from lab.ops.common import OpFailed, Session, Snapshot
-from lab.ops.node import KUBECONFIG, admin_node, kubeadm_reset
+from lab.ops.node import admin_node, kubeadm_reset, kubectl_until_ok
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -77,15 +80,27 @@ async def leave(session: Session, node: Node, *, force: bool = False) -> None:
             raise
         session.say(name, f"warning: {e}")
     if name != session.topo.first.name:  # cp1 leaves last: the cluster goes with it
-        try:
-            admin = await admin_node(session, besides=name)
-            r = await session.shell(admin).run(
-                f"kubectl --kubeconfig {KUBECONFIG} delete node {name} --ignore-not-found",
-                timeout=60 * session.slowdown,
-            )
-            if not r.ok:
-                first = (r.output.splitlines() or ["no output"])[0]
-                session.say(name, f"warning: kubectl delete node {name} failed: {first}")
-        except (OpFailed, SshError) as e:
-            session.say(name, f"warning: its Node object stays: {e}")
+        await delete_node_object(session, name)
     session.say(name, "left the cluster")
+
+
+NODE_DELETE_SECONDS = 120  # how long `kubectl delete node` is tried, scaled by the slowdown
+
+
+async def delete_node_object(session: Session, name: str) -> None:
+    """Delete the node's Node object, trying again while the API server does not answer (it did
+    not through the VIP while haproxy reloaded, HA run 11). With no control plane left to run
+    kubectl there is no cluster to keep tidy: a warning."""
+    try:
+        admin = await admin_node(session, besides=name)
+    except (OpFailed, SshError) as e:
+        session.say(name, f"warning: its Node object stays: {e}")
+        return
+    deadline = time.monotonic() + NODE_DELETE_SECONDS * session.slowdown
+    try:
+        await kubectl_until_ok(session, admin, f"delete node {name} --ignore-not-found", deadline)
+    except OpFailed as e:
+        raise OpFailed(
+            f"{name} left etcd and was reset, but its Node object stays: {e}."
+            f" Run `lab leave {name}` again once the API server answers"
+        ) from None

@@ -1,6 +1,6 @@
 """What the operations do on the nodes over SSH: wait for a node, probe TCP paths, fetch join
 credentials from a control plane (cp1 unless it is down), write the join config, run kubeadm,
-read the node list through kubectl.
+read the node list through kubectl, and retry kubectl while the API server is not answering.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ KUBECONFIG = "/etc/kubernetes/admin.conf"
 # Seconds a TCP connect may take before the path counts as filtered, scaled by the session's
 # slowdown: a loaded emulated guest took over 2 s to answer a connect to its peer port (HA run 6).
 PROBE_TIMEOUT = 2
+KUBECTL_RETRY_SECONDS = 5.0  # between tries of a kubectl the API server did not take
 
 # One TCP probe per line: "<ip> <port> ok|timeout|<error>"; all probes of a node run in parallel.
 _PROBE = r"""probe() {
@@ -241,6 +242,25 @@ async def kubeadm_reset(session: Session, node: Node) -> None:
     r = await session.shell(node).run("kubeadm reset -f", timeout=180 * session.slowdown)
     if not r.ok:
         raise OpFailed(f"{node.name}: kubeadm reset -f failed (exit {r.exit_status}): {r.output}")
+
+
+async def kubectl_until_ok(session: Session, node: Node, args: str, deadline: float) -> str:
+    """`kubectl ARGS` on `node` as the admin, tried again until the API server takes it or the
+    deadline (time.monotonic()) passes: under emulation it may still be restarting, and a
+    request through the VIP gets EOF while haproxy reloads (HA run 11). Returns its stdout."""
+    command = f"kubectl --kubeconfig {KUBECONFIG} {args}"
+    while True:
+        try:
+            r = await session.shell(node).run(command, timeout=60 * session.slowdown)
+            if r.ok:
+                return r.stdout
+            error = r.output
+        except SshError as e:
+            error = str(e)
+        if time.monotonic() > deadline:
+            raise OpFailed(f"{node.name}: `{command}` failed: {gist(error)}")
+        session.say(node.name, f"`kubectl {args}` failed ({gist(error, 1)}); trying again")
+        await asyncio.sleep(KUBECTL_RETRY_SECONDS * session.slowdown)
 
 
 async def kube_nodes(session: Session) -> dict[str, bool]:

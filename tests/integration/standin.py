@@ -40,7 +40,8 @@ certificates, the API server) is reduced to what the lab can observe:
   certificate key and store them (in etcd, under /registry/secrets/ as the API server would).
 - `kubectl [--kubeconfig F] get nodes [NAME] [-o json]`, `kubectl delete node NAME
   [--ignore-not-found]`: the registered Nodes (stored in etcd under /registry/minions/ as the API
-  server does); Ready until the node is reset.
+  server does); Ready until the node is reset. With `node_delete_fails: N`, the first N deletes
+  on this node get the EOF real kubectl got through the VIP while haproxy reloaded.
 - `cloud-init status [--wait]`: a test node is created fully provisioned (what its user-data
   would write, e.g. cp1's init.yaml, the harness writes before anything connects), so this answers
   what cloud-init answers on a VM whose first boot has finished: `status: done`, exit 0. (This
@@ -112,6 +113,7 @@ class NodeConf:
     remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
     remaining_phases_fail_in: str = "kubelet-wait-bootstrap"  # | "wait-control-plane"
     reset_keeps_member: bool = False
+    node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
 
     @classmethod
     def load(cls, path: Path) -> NodeConf:
@@ -541,7 +543,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         return 0
     if "control-plane-prepare" not in skip:
         download_certs(node, endpoints, cp)
-    failing = "etcd-join" in skip and remaining_phases_failing(node)
+    failing = (
+        "etcd-join" in skip and counted_run(node, "remaining-phases") <= node.remaining_phases_fail
+    )
     if "etcd-join" not in skip:
         join_etcd(node, endpoints)
     elif failing and node.remaining_phases_fail_in == "kubelet-wait-bootstrap":
@@ -568,12 +572,13 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     return 0
 
 
-def remaining_phases_failing(node: NodeConf) -> bool:
-    """Count this run of the phases after etcd-join; the first `remaining_phases_fail` fail."""
-    counter = node.run_dir / "remaining-phases-runs"
+def counted_run(node: NodeConf, what: str) -> int:
+    """This run's number (1, 2, ...) among the runs of `what` on this node, for the faults that
+    hit the first N."""
+    counter = node.run_dir / f"{what}-runs"
     runs = int(counter.read_text()) + 1 if counter.is_file() else 1
     counter.write_text(str(runs))
-    return runs <= node.remaining_phases_fail
+    return runs
 
 
 def download_certs(node: NodeConf, endpoints: list[str], cp: dict[str, Any]) -> None:
@@ -769,6 +774,9 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
     if args.verb == "delete":
         if not args.name:
             print("error: resource name may not be empty", file=sys.stderr)
+            return 1
+        if counted_run(node, "node-deletes") <= node.node_delete_fails:
+            print("Unable to connect to the server: EOF", file=sys.stderr)
             return 1
         proc = etcdctl(node, [node.client_url], "del", f"/registry/minions/{args.name}")
         if proc.returncode != 0:
