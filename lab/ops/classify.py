@@ -83,9 +83,11 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
     ),
     (
         "kubelet-bootstrap",
-        "the kubelet's TLS bootstrap did not finish in time: the API server it bootstraps against"
-        " (with kubeadm's ControlPlaneKubeletLocalMode, the joining node's own) did not answer;"
-        " kubeadm deletes the bootstrap credentials as it gives up, so the attempt is undone",
+        "the kubelet's TLS bootstrap did not finish in time: its certificate request was not"
+        " approved (kube-controller-manager approves it: `lab kubectl get csr` shows it Pending"
+        " while that one keeps losing its leader lease on a loaded API server, HA run 12), or the"
+        " API server it bootstraps against did not answer; kubeadm deletes the bootstrap"
+        " credentials as it gives up, so the attempt is undone",
         ("waiting for tls bootstrap",),
     ),
     (
