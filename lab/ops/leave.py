@@ -16,6 +16,8 @@ from lab.ops.node import admin_node, kubeadm_reset, kubectl_until_ok
 from lab.ssh import SshError
 from lab.topology import Node
 
+NODE_DELETE_SECONDS = 120  # how long `kubectl delete node` is tried, scaled by the slowdown
+
 
 def quorum(n: int) -> int:
     return n // 2 + 1
@@ -82,9 +84,6 @@ async def leave(session: Session, node: Node, *, force: bool = False) -> None:
     if name != session.topo.first.name:  # cp1 leaves last: the cluster goes with it
         await delete_node_object(session, name)
     session.say(name, "left the cluster")
-
-
-NODE_DELETE_SECONDS = 120  # how long `kubectl delete node` is tried, scaled by the slowdown
 
 
 async def delete_node_object(session: Session, name: str) -> None:
