@@ -41,6 +41,7 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
                 "kind": s.kind,
                 "after": list(s.after),
                 "node": s.node,
+                "boot_after": list(s.boot_after),
                 "command": ["lab", *s.lab_args] if s.lab_args else None,
             }
             for s in steps
@@ -56,11 +57,14 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
                 print(f"  {before} --> {s.name}")
             if s.node:
                 print(f"  {s.node}-machine --> {s.name}")
+            for before in s.boot_after:
+                print(f"  {before} --> {s.node}-machine")
     else:
         for i, s in enumerate(steps, 1):
             what = " ".join(("lab", *s.lab_args))
             after = [*s.after, *([f"{s.node} machine"] if s.node else [])]
-            print(f"{i:2}. {s.name:<16} {what:<28} after: {', '.join(after)}")
+            boots = f" (boots after {', '.join(s.boot_after)})" if s.boot_after else ""
+            print(f"{i:2}. {s.name:<16} {what:<28} after: {', '.join(after)}{boots}")
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ would type. Pulumi decides the order; `lab` holds the logic (and the retry).
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -15,8 +16,10 @@ from pulumi_command import local, remote
 from lab import keys
 from lab.config import LabConfig
 from lab.infra.machines import Machine
-from lab.topology import Node, Step, build_topology
+from lab.topology import Node, Step, Topology, build_topology
 
+# Makes a node's machine, booting once the given resources are done (KubernetesLab's).
+MachineFactory = Callable[[Node, Sequence[pulumi.Resource]], Machine]
 LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
 KUBECONFIG_COMMAND = "sudo cat /etc/kubernetes/admin.conf"  # on cp1, once cp1-init has run
 
@@ -86,7 +89,8 @@ class JoinChain(pulumi.ComponentResource):
         self,
         cfg: LabConfig,
         steps: list[Step],
-        machines: dict[str, Machine],
+        topo: Topology,
+        machine: MachineFactory,
         lab: LabInvocation,
         cp1_connection: remote.ConnectionArgs,
         opts: pulumi.ResourceOptions,
@@ -97,8 +101,9 @@ class JoinChain(pulumi.ComponentResource):
             after: list[pulumi.Resource] = [self.steps[s] for s in step.after]
             triggers = None
             if step.node:
-                after.append(machines[step.node])
-                triggers = [machines[step.node].domain.id]  # a rebuilt machine joins again
+                made = machine(topo.node(step.node), [self.steps[s] for s in step.boot_after])
+                after.append(made)
+                triggers = [made.domain.id]  # a rebuilt machine joins again
             commands = step_commands(step, cfg, lab)
             self.steps[step.name] = local.Command(
                 step.name,

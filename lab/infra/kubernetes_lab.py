@@ -1,7 +1,9 @@
-"""The whole lab as one component: network, machines in parallel, then the join chain (unless
-Kubernetes is off)."""
+"""The whole lab as one component: network, machines, and the join chain (unless Kubernetes is
+off), which boots each machine when its step's `boot_after` is done."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pulumi
 import pulumi_libvirt as libvirt
@@ -12,7 +14,7 @@ from lab.domain_type import choose as choose_domain_type
 from lab.infra.chain import JoinChain, LabInvocation, ssh_connection
 from lab.infra.machines import LabNetwork, Machine
 from lab.render import cloudinit
-from lab.topology import build_topology, chain_plan
+from lab.topology import Node, build_topology, chain_plan
 
 
 class KubernetesLab(pulumi.ComponentResource):
@@ -31,16 +33,24 @@ class KubernetesLab(pulumi.ComponentResource):
         domain_type = choose_domain_type(cfg)
         pulumi.log.info(str(domain_type))
         user_key = keys.ensure_user_key(cfg.ssh_key_path)
+        host_keys = {n.name: keys.ensure_host_key(cfg.state_dir, n.name) for n in topo.nodes}
         self.machines: dict[str, Machine] = {}
-        for node in topo.nodes:
-            host_key = keys.ensure_host_key(cfg.state_dir, node.name)
+
+        def machine(node: Node, boot_after: Sequence[pulumi.Resource] = ()) -> Machine:
             # The user data carries the node's private host key: it stays in the state folder,
             # and Pulumi's state holds only the seed's path.
             user_data = cloudinit.user_data(
-                cfg, topo, node, user_key=user_key, host_key=host_key, domain_type=domain_type.type
+                cfg,
+                topo,
+                node,
+                user_key=user_key,
+                host_key=host_keys[node.name],
+                domain_type=domain_type.type,
             )
             seed = cloudinit.seed_iso(cfg, node, user_data)
-            self.machines[node.name] = Machine(node, net, cfg, seed, domain_type.type, child)
+            made = Machine(node, net, cfg, seed, domain_type.type, child, boot_after)
+            self.machines[node.name] = made
+            return made
 
         self.kubeconfig: pulumi.Output[str] | None = None
         steps = chain_plan(cfg)
@@ -53,9 +63,12 @@ class KubernetesLab(pulumi.ComponentResource):
                 pulumi.Output.secret(cfg.ssh_key_path.read_text()),
             )
             chain = JoinChain(
-                cfg, steps, self.machines, lab, connection, pulumi.ResourceOptions(parent=self)
+                cfg, steps, topo, machine, lab, connection, pulumi.ResourceOptions(parent=self)
             )
             self.kubeconfig = chain.kubeconfig
+        else:
+            for node in topo.nodes:
+                machine(node)
         self.nodes = {n.name: str(n.address) for n in topo.nodes}
         self.join_order = [s.name for s in steps]
         self.register_outputs({"nodes": self.nodes})

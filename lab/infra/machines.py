@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pulumi
@@ -64,7 +65,8 @@ class LabNetwork(pulumi.ComponentResource):
 
 
 class Machine(pulumi.ComponentResource):
-    """One node: a disk on the base image, its cloud-init seed volume, and the domain."""
+    """One node: a disk on the base image, its cloud-init seed volume, and the domain, which
+    boots once the resources in `boot_after` are done (lab.topology.Step.boot_after)."""
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class Machine(pulumi.ComponentResource):
         seed: Path,
         domain_type: str,
         opts: pulumi.ResourceOptions,
+        boot_after: Sequence[pulumi.Resource] = (),
     ):
         super().__init__("lab:libvirt:Machine", node.name, None, opts)
         child = fixed_name(self)
@@ -128,7 +131,9 @@ class Machine(pulumi.ComponentResource):
             # With no DHCP lease and no guest agent yet, the provider reads the address back as
             # empty: without this every `pulumi up` would propose an update.
             opts=child.merge(
-                pulumi.ResourceOptions(ignore_changes=["networkInterfaces[0].addresses"])
+                pulumi.ResourceOptions(
+                    ignore_changes=["networkInterfaces[0].addresses"], depends_on=list(boot_after)
+                )
             ),
         )
         self.register_outputs({"domain": self.domain.id, "address": str(node.address)})

@@ -38,7 +38,11 @@ async def serve_endpoint(session: Session, node: Node) -> None:
     cfg = session.cfg
     files = {
         CHECK_SCRIPT: ("keepalived", check_script(), 0o755),
-        KEEPALIVED_CONF: ("keepalived", keepalived_conf(cfg, node, INTERFACE), 0o644),
+        KEEPALIVED_CONF: (
+            "keepalived",
+            keepalived_conf(cfg, node, INTERFACE, session.domain_type),
+            0o644,
+        ),
         HAPROXY_CFG: (
             "haproxy",
             haproxy_cfg(cfg, list(session.topo.control_planes), session.domain_type),

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from lab.ops.common import OpFailed, Session
-from lab.render.kubeadm import JOIN_PATH, join_configuration, probe_patches
+from lab.render.kubeadm import JOIN_PATH, emulated_patches, join_configuration
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -200,7 +200,7 @@ async def write_join_config(session: Session, node: Node, creds: Credentials) ->
     shell = session.shell(node)
     await shell.write_file(JOIN_PATH, text.encode(), mode=0o600)
     if node.is_control_plane:
-        for path, patch in probe_patches(session.domain_type).items():
+        for path, patch in emulated_patches(session.domain_type).items():
             await shell.write_file(path, patch.encode(), mode=0o644)
 
 

@@ -53,10 +53,12 @@ def user_data(
         files.append({"path": kubeadm.INIT_PATH, "content": init, "permissions": "0600"})
         files += [
             {"path": path, "content": patch}
-            for path, patch in kubeadm.probe_patches(domain_type).items()
+            for path, patch in kubeadm.emulated_patches(domain_type).items()
         ]
         if cfg.kubernetes.cni == "flannel":
-            files.append({"path": flannel.MANIFEST_PATH, "content": flannel.manifest(cfg)})
+            files.append(
+                {"path": flannel.MANIFEST_PATH, "content": flannel.manifest(cfg, domain_type)}
+            )
     doc: dict[str, Any] = {
         "hostname": node.name,
         "fqdn": f"{node.name}.{cfg.network.domain}",

@@ -14,12 +14,16 @@ from typing import Any
 import yaml
 
 from lab.config import LabConfig
+from lab.domain_type import DomainType
 
 # Tagged by image/build.sh from image/go/flannel/go.mod; a unit test keeps the two in step.
 FLANNEL_VERSION = "v0.28.10"
 FLANNEL_IMAGE = f"localhost/k8s-libvirt-lab/flanneld:{FLANNEL_VERSION}"
 NAMESPACE = "kube-flannel"
 MANIFEST_PATH = "/etc/kubernetes/lab/flannel.yaml"
+# Seconds between flanneld's checks of its iptables rules (its --iptables-resync; 5 by default):
+# each check runs iptables several times, 5 CPU s a minute of an emulated node (HA run 12).
+IPTABLES_RESYNC: dict[DomainType, int] = {"kvm": 5, "qemu": 60}
 
 CNI_CONF = {
     "name": "cbr0",
@@ -38,7 +42,7 @@ def _meta(name: str, namespaced: bool = True) -> dict[str, Any]:
     return meta
 
 
-def manifest(cfg: LabConfig) -> str:
+def manifest(cfg: LabConfig, domain_type: DomainType) -> str:
     api_host, api_port = str(cfg.endpoint_address), str(cfg.endpoint_port)
     net_conf = {"Network": str(cfg.kubernetes.pod_cidr), "Backend": {"Type": "vxlan"}}
     volumes = {
@@ -124,6 +128,7 @@ def manifest(cfg: LabConfig) -> str:
                                 "image": FLANNEL_IMAGE,
                                 "imagePullPolicy": "Never",
                                 "command": ["/usr/local/bin/flanneld"],
+                                "args": [f"--iptables-resync={IPTABLES_RESYNC[domain_type]}"],
                                 "env": [
                                     {
                                         "name": "NODE_NAME",

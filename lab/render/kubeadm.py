@@ -52,13 +52,20 @@ EMULATED_API_SERVER = {"etcd-healthcheck-timeout": "30s", "etcd-readycheck-timeo
 # kubelet bootstraps through the endpoint (the API servers already up) in kubelet-start, before
 # etcd is touched, and etcd's member is kubeadm's last step but marking the node.
 EMULATED_FEATURE_GATES = {"ControlPlaneKubeletLocalMode": False}
+# The kubelet was an emulated control plane's busiest process at rest (27 CPU s a minute, HA run
+# 12); its container statistics, gathered every 10 s by default, are only read for evictions and
+# `kubectl top` here.
+EMULATED_KUBELET = {"housekeeping-interval": "1m0s"}
 
 
-def _node_registration(node: Node) -> dict[str, Any]:
+def _node_registration(node: Node, domain_type: DomainType) -> dict[str, Any]:
+    kubelet = {"node-ip": str(node.address)}
+    if domain_type == "qemu":
+        kubelet |= EMULATED_KUBELET
     registration: dict[str, Any] = {
         "name": node.name,
         "criSocket": CRI_SOCKET,
-        "kubeletExtraArgs": _args({"node-ip": str(node.address)}),
+        "kubeletExtraArgs": _args(kubelet),
     }
     # kubeadm wants 2 CPUs on a control plane; `control_plane.cpus: 1` is a small host's choice
     # (measured here: slower, README "How the join works"), so kubeadm is told to accept it.
@@ -70,7 +77,7 @@ def _node_registration(node: Node) -> dict[str, Any]:
 # The kubelet restarts a control-plane pod whose probe times out (15 s) a few times in a row: an
 # emulated, loaded guest answers that slowly, and the restarts feed the load (a restarted API
 # server re-lists everything, and every client re-lists from it). kubeadm's patches (strategic
-# merge, one file per pod) give every probe of theirs a minute and a longer period, and the
+# merge, one file per target) give every probe of theirs a minute and a longer period, and the
 # liveness probe 10 min of failures before a restart instead of 80 s.
 PATCHES_DIR = "/etc/kubernetes/lab/patches"
 SLOW_PROBE = {"timeoutSeconds": 60, "periodSeconds": 30}
@@ -81,17 +88,23 @@ EMULATED_PROBES = {
     "kube-controller-manager": ("livenessProbe", "startupProbe"),
     "kube-scheduler": ("livenessProbe", "startupProbe"),
 }
+# kubeadm init deploys two CoreDNS replicas, both on cp1 until another node is Ready: 13 CPU s a
+# minute of an emulated cp1 at rest (HA run 12). One serves a lab; kubeadm keeps the count later.
+EMULATED_COREDNS = {"spec": {"replicas": 1}}
 
 
-def probe_patches(domain_type: DomainType) -> dict[str, str]:
-    """Path -> content of the patch files the control planes get (none under KVM)."""
+def emulated_patches(domain_type: DomainType) -> dict[str, str]:
+    """Path -> content of the kubeadm patch files the control planes get (none under KVM)."""
     if domain_type != "qemu":
         return {}
-    return {
-        f"{PATCHES_DIR}/{pod}+strategic.yaml": yaml.safe_dump(
-            {"spec": {"containers": [{"name": pod} | {p: _slow(p) for p in probes}]}}
-        )
+    patches: dict[str, dict[str, Any]] = {
+        pod: {"spec": {"containers": [{"name": pod} | {p: _slow(p) for p in probes}]}}
         for pod, probes in EMULATED_PROBES.items()
+    }
+    patches["corednsdeployment"] = EMULATED_COREDNS
+    return {
+        f"{PATCHES_DIR}/{target}+strategic.yaml": yaml.safe_dump(patch)
+        for target, patch in patches.items()
     }
 
 
@@ -117,7 +130,7 @@ def init_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> s
         "apiVersion": API,
         "kind": "InitConfiguration",
         "localAPIEndpoint": {"advertiseAddress": str(node.address), "bindPort": API_PORT},
-        "nodeRegistration": _node_registration(node),
+        "nodeRegistration": _node_registration(node, domain_type),
     }
     cluster: dict[str, Any] = {
         "apiVersion": API,
@@ -167,7 +180,7 @@ def join_configuration(
                 "caCertHashes": [ca_cert_hash],
             }
         },
-        "nodeRegistration": _node_registration(node),
+        "nodeRegistration": _node_registration(node, domain_type),
     }
     if domain_type == "qemu":
         join["timeouts"] = EMULATED_TIMEOUTS

@@ -164,7 +164,10 @@ def test_1_up_runs_every_step_in_plan_order(chain: Chain) -> None:
         for before in step.after:
             assert events.seq("done", before, CREATE) < started, (before, step.name)
         if step.node:
-            assert events.seq("done", f"{step.node}-domain", CREATE) < started, step.name
+            domain = f"{step.node}-domain"
+            assert events.seq("done", domain, CREATE) < started, step.name
+            for before in step.boot_after:  # a worker boots once the control planes are in
+                assert events.seq("done", before, CREATE) < events.seq("pre", domain, CREATE)
     chain.assert_voters("cp1", "cp2", "cp3")
 
     outputs = json.loads(chain.stack.pulumi("stack", "output", "--json").stdout)

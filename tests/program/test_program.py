@@ -73,12 +73,16 @@ def test_each_join_waits_for_its_own_machine_only(run_program) -> None:
     assert machine(g, "cp1") <= g.deps("cp1-init")
 
 
-def test_machines_are_independent_of_each_other(run_program) -> None:
+def test_control_planes_boot_together_and_workers_after_the_last_gate(run_program) -> None:
+    """A booting guest takes CPU from an emulated join: a worker's domain waits for the control
+    planes' last gate, and nothing else of a machine waits for another node."""
     g = run_program()
     for node in ("cp1", "cp2", "cp3", "worker1", "worker2"):
+        boots_after = {"cp3-gate"} if node.startswith("worker") else set()
         for part in MACHINE_PARTS:
             deps = g.deps(f"{node}-{part}")
-            assert not any(d.startswith(("cp", "worker")) and not d.startswith(node) for d in deps)
+            others = {d for d in deps if d.startswith(("cp", "worker")) and not d.startswith(node)}
+            assert others == (boots_after if part == "domain" else set()), (node, part)
     assert g.deps("cp1-domain") >= {"cp1-disk", "cp1-cloudinit", "network"}
     assert g.deps("cp1-disk") >= {"base-image", "pool"}
 
@@ -266,6 +270,8 @@ def test_lab_plan_and_the_program_agree(run_program, tmp_path, capsys, sizes) ->
     assert steps - {"kubeconfig"} == {s["step"] for s in planned}
     for s in planned:
         assert chain_deps(g, s["step"]) == set(s["after"]), s["step"]
+        if s["node"]:
+            assert chain_deps(g, f"{s['node']}-domain") == set(s["boot_after"]), s["step"]
 
 
 def test_the_domain_type_reaches_every_domain(run_program) -> None:

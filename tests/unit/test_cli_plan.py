@@ -24,6 +24,7 @@ def test_plan_prints_control_planes_in_order_with_their_gates() -> None:
     order = [line.split()[1] for line in lines]
     assert order[:6] == ["cp1-init", "cp1-gate", "cp2-join", "cp2-gate", "cp3-join", "cp3-gate"]
     assert "lab gate --voters 2" in lines[3] and "after: cp2-join" in lines[3]
+    assert "(boots after" not in lines[2] and lines[6].endswith("(boots after cp3-gate)")
 
 
 def test_plan_json_and_mermaid() -> None:

@@ -25,13 +25,14 @@ import (
 	log "k8s.io/klog/v2"
 )
 
-const resyncSeconds = 5
-
 func main() {
 	netConf := flag.String("net-config", "/etc/kube-flannel/net-conf.json", "flannel's network configuration (Network, Backend)")
 	subnetFile := flag.String("subnet-file", "/run/flannel/subnet.env", "where the CNI plugin reads this node's subnet")
 	iface := flag.String("iface", "", "interface for node-to-node traffic (default: the one with the default route)")
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig (default: the pod's service account)")
+	// flanneld's own flag: seconds between checks that its iptables rules are still there. Each
+	// check runs iptables a few times; the lab raises it under software emulation.
+	resync := flag.Int("iptables-resync", 5, "seconds between resyncs of the iptables rules")
 	flag.Parse()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -40,13 +41,13 @@ func main() {
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	go func() { <-signals; cancel() }()
 
-	if err := run(ctx, *netConf, *subnetFile, *iface, *kubeconfig); err != nil {
+	if err := run(ctx, *netConf, *subnetFile, *iface, *kubeconfig, *resync); err != nil {
 		log.Errorf("flanneld: %v", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, netConf, subnetFile, iface, kubeconfig string) error {
+func run(ctx context.Context, netConf, subnetFile, iface, kubeconfig string, resyncSeconds int) error {
 	// NODE_NAME (or POD_NAME and POD_NAMESPACE) tell the subnet manager which Node is ours.
 	sm, err := kube.NewSubnetManager(ctx, "", kubeconfig, "flannel.alpha.coreos.com", netConf, true)
 	if err != nil {
