@@ -10,6 +10,7 @@ import json
 import shlex
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab.ops.common import OpFailed, Session
 from lab.render.kubeadm import JOIN_PATH, emulated_patches, join_configuration
@@ -216,7 +217,20 @@ async def kubeadm_join(
     # The shell's PID becomes kubeadm's (exec), for stop_kubeadm_join.
     r = await session.shell(node).run(f"echo $$ > {JOIN_PID} && exec {command}", timeout=timeout)
     if not r.ok:
+        log = keep_output(session, node, command, r.output)
+        session.say(node.name, f"kubeadm's whole output: {log}")
         raise OpFailed(f"{command} failed (exit {r.exit_status}): {gist(r.output)}")
+
+
+def keep_output(session: Session, node: Node, command: str, output: str) -> Path:
+    """Append a failed command's whole output to the node's log in the state folder: the error
+    alone does not say which of kubeadm's calls gave up (HA run 13), and a reset or a rebuilt
+    machine leaves nothing on the node to read."""
+    log = session.cfg.state_dir / "logs" / f"{node.name}-kubeadm.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n{output.rstrip()}\n")
+    return log
 
 
 async def stop_kubeadm_join(session: Session, node: Node) -> None:

@@ -76,6 +76,9 @@ def test_2_seed_failure_blocked_peer_then_lifted(make_harness: Callable[..., Har
     assert join.wait(timeout=300) == 0, join.output
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
     assert lab.get_from("cp2", "/it/before") == "kept"
+    log = lab.state_dir / "logs" / "cp2-kubeadm.log"  # kubeadm's whole output, kept
+    assert f"kubeadm's whole output: {log}" in join.output
+    assert "kubeadm join --config" in log.read_text() and IN_SYNC in log.read_text()
 
 
 def test_3_stale_learner_too_many_learners(make_harness: Callable[..., Harness]) -> None:
