@@ -118,10 +118,12 @@ def join_plan(topo: Topology) -> list[Step]:
         steps.append(Step(f"{node.name}-gate", "gate", (f"{node.name}-join",), voters=voters))
     # Workers boot once the control planes are joined: under emulation a booting guest takes CPU
     # from the joins (HA run 7: cp1 booted in 292 s beside three others), and a worker has
-    # nothing to do before its own join.
+    # nothing to do before its own join. With one control plane there is no join to spare, and
+    # they boot beside cp1.
     last_gate = (steps[-1].name,)
+    boot_after = last_gate if len(topo.control_planes) > 1 else ()
     workers = [
-        Step(f"{w.name}-join", "join", last_gate, w.name, boot_after=last_gate)
+        Step(f"{w.name}-join", "join", last_gate, w.name, boot_after=boot_after)
         for w in topo.workers
     ]
     steps += workers

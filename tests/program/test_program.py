@@ -255,10 +255,11 @@ def test_bad_config_registers_nothing(run_program) -> None:
     [
         "",
         "control_plane: {count: 1}\nworkers: {count: 0}\n",
+        "control_plane: {count: 1}\nworkers: {count: 1}\n",
         "control_plane: {count: 5}\nworkers: {count: 1}\n",
         "kubernetes: {enabled: false}\n",
     ],
-    ids=["default", "1+0", "5+1", "machines only"],
+    ids=["default", "1+0", "1+1", "5+1", "machines only"],
 )
 def test_lab_plan_and_the_program_agree(run_program, tmp_path, capsys, sizes) -> None:
     """`lab plan --format json` prints exactly the steps the program registers, in its order."""
