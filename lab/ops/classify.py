@@ -76,6 +76,13 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         ("error creating local etcd static pod manifest file",),
     ),
     (
+        "control-plane-not-live",
+        "the node's own API server did not pass /livez in kubeadm's wait (under emulation: its"
+        " etcd member still catching up on a loaded host, HA runs 10 and 13); the node is a"
+        " voter by then, so the wait is run again rather than the voter undone",
+        ("failed while waiting for the control plane to start",),
+    ),
+    (
         "api-timeout",
         "a Kubernetes API request timed out: the API server behind the endpoint answered too"
         " slowly (the join's preflight had found its port open)",

@@ -170,14 +170,17 @@ FINISHING_PHASES = (
     "wait-control-plane",
 )
 REMAINING_PHASES_RUNS = 3
+# The failures of those phases that another run may get past: an API request past kubeadm's
+# 10 s, or the node's own API server not live yet (HA run 13: cp3's, after kubeadm's 20 min).
+RUN_AGAIN = ("api-timeout", "control-plane-not-live")
 
 
 async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> None:
     """kubeadm's phases after etcd-join, run again while one of their API requests passes
-    kubeadm's fixed 10 s (HA e2e run 5): the node is a voter by then, and undoing a working
-    voter to join it again only loads the cluster more. A run goes on from the phase the one
-    before failed in (HA run 10: runs 2 and 3 redid finished phases, and their configuration
-    fetch timed out). Any other failure is the attempt's."""
+    kubeadm's fixed 10 s (HA e2e run 5) or the node's API server is not live yet: the node is a
+    voter by then, and undoing a working voter to join it again only loads the cluster more. A
+    run goes on from the phase the one before failed in (HA run 10: runs 2 and 3 redid finished
+    phases, and their configuration fetch timed out). Any other failure is the attempt's."""
     step = progress(session, node, attempt)
     skip: tuple[str, ...] = AFTER_ETCD_JOIN
     for run in range(1, REMAINING_PHASES_RUNS + 1):
@@ -188,7 +191,7 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
             return
         except OpFailed as e:
             last = run == REMAINING_PHASES_RUNS or attempt.left(at_least=0) < 60
-            if last or classify(str(e))[0] != "api-timeout":
+            if last or classify(str(e))[0] not in RUN_AGAIN:
                 raise
             session.say(node.name, f"    {e}")
             skip = AFTER_ETCD_JOIN + finished_phases(str(e))

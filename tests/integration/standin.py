@@ -562,11 +562,13 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, endpoints, "control-plane")
     if failing and node.remaining_phases_fail_in == "wait-control-plane":
-        # HA run 10: the node's own API server did not answer /livez within 20 min.
+        # HA run 13: the node's own API server answered /livez, its etcd check failing, for
+        # kubeadm's 20 min (no "?timeout=" in it: not an API request past 10 s).
         raise Fail(
             "error execution phase wait-control-plane: failed while waiting for the control"
-            " plane to start: kube-apiserver check failed at https://10.41.0.13:6443/livez:"
-            ' Get "https://10.41.0.13:6443/livez?timeout=10s": context deadline exceeded'
+            " plane to start: kube-apiserver check failed at https://10.41.0.13:6443/livez: an"
+            ' error on the server ("[+]ping ok\\n[-]etcd failed: reason withheld\\nlivez check'
+            ' failed") has prevented the request from succeeding'
         )
     say("This node has joined the cluster and a new control plane instance was created.")
     return 0

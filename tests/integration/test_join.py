@@ -196,9 +196,10 @@ def test_3e_remaining_phases_past_kubeadms_api_limit_run_again_not_undone(
 def test_3f_remaining_phases_run_again_from_the_phase_that_failed(
     make_harness: Callable[..., Harness],
 ) -> None:
-    """HA run 10, real kubeadm: the remaining phases failed in their last (the node's own API
-    server's /livez), and running them all again met the configuration fetch's 10 s twice. The
-    next run skips the phases that were done."""
+    """HA runs 10 and 13, real kubeadm: the remaining phases failed in their last (the node's
+    own API server's /livez); run 13's voter was undone for it. They are run again, and running
+    them all again met the configuration fetch's 10 s twice (run 10): the next run skips the
+    phases that were done."""
     lab = started(make_harness(nodes=("cp1", "cp2")))
     lab.nodes["cp2"].configure(
         promote_reply_lost=True,
