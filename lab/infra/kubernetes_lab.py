@@ -34,7 +34,6 @@ class KubernetesLab(pulumi.ComponentResource):
         pulumi.log.info(str(domain_type))
         user_key = keys.ensure_user_key(cfg.ssh_key_path)
         host_keys = {n.name: keys.ensure_host_key(cfg.state_dir, n.name) for n in topo.nodes}
-        self.machines: dict[str, Machine] = {}
 
         def machine(node: Node, boot_after: Sequence[pulumi.Resource] = ()) -> Machine:
             # The user data carries the node's private host key: it stays in the state folder,
@@ -48,9 +47,7 @@ class KubernetesLab(pulumi.ComponentResource):
                 domain_type=domain_type.type,
             )
             seed = cloudinit.seed_iso(cfg, node, user_data)
-            made = Machine(node, net, cfg, seed, domain_type.type, child, boot_after)
-            self.machines[node.name] = made
-            return made
+            return Machine(node, net, cfg, seed, domain_type.type, child, boot_after)
 
         self.kubeconfig: pulumi.Output[str] | None = None
         steps = chain_plan(cfg)
