@@ -33,6 +33,7 @@ class KubernetesLab(pulumi.ComponentResource):
         domain_type = choose_domain_type(cfg)
         pulumi.log.info(str(domain_type))
         user_key = keys.ensure_user_key(cfg.ssh_key_path)
+        # Made before any machine: the chain pins cp1's host key before the chain makes cp1.
         host_keys = {n.name: keys.ensure_host_key(cfg.state_dir, n.name) for n in topo.nodes}
 
         def machine(node: Node, boot_after: Sequence[pulumi.Resource] = ()) -> Machine:

@@ -24,8 +24,9 @@ certificates, the API server) is reduced to what the lab can observe:
   with real kubeadm under emulation). With `member_lookup_fails`, it exits 1 after starting
   the learner's etcd, with the error kubeadm gave when its member-ID lookup timed out there.
   With `remaining_phases_fail: N`, the first N joins run with etcd-join skipped exit 1 with the
-  API timeout real kubeadm gave there: before any phase ran, or (`remaining_phases_fail_in:
-  wait-control-plane`) in the last phase, the others done.
+  error real kubeadm gave there: an API timeout before any phase ran, or
+  (`remaining_phases_fail_in: wait-control-plane`) the node's API server not live in the last
+  phase, the others done (HA run 13's text).
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.

@@ -203,7 +203,7 @@ def test_emulated_control_planes_get_slower_probes_on_the_probes_they_have_and_o
     None
 ):
     """A strategic-merge patch that adds a probe a pod lacks would leave it without a handler:
-    each pod's patch touches only the probes kubeadm gives it."""
+    each pod's patch touches only the probes kubeadm gives it. CoreDNS's sets one replica."""
     assert kubeadm.emulated_patches("kvm") == {}
     patches = {
         path.rsplit("/", 1)[1]: yaml.safe_load(text)
