@@ -1,4 +1,5 @@
-"""The etcd port: member list/add/remove/promote, per-endpoint status, alarms, a linearizable read.
+"""The etcd port: member list/add/remove/promote, a leader move, per-endpoint status, alarms, a
+linearizable read.
 
 Everything else in `lab` talks to etcd through this module and its plain dataclasses, so the client
 library (etcd3aio over grpc.aio, with mutual TLS) can be swapped without touching the operations.
@@ -258,6 +259,15 @@ class Etcd:
             "member promote",
             lambda c: c.cluster.member_promote(member_id, timeout=t, max_attempts=1),
             retry_all=False,
+        )
+
+    async def move_leader(self, leader_endpoint: str, target_id: int) -> None:
+        """Hand leadership to `target_id`: only the leader takes this, sent to its endpoint."""
+        t = self.timeout
+        await self._call(
+            leader_endpoint,
+            "move leader",
+            lambda c: c.maintenance.move_leader(target_id, timeout=t, max_attempts=1),
         )
 
     async def status(self, endpoint: str) -> Status:

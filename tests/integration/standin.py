@@ -23,6 +23,8 @@ certificates, the API server) is reduced to what the lab can observe:
   timed out, and the retries get real etcd's answer for a voter until the time runs out (seen
   with real kubeadm under emulation). With `member_lookup_fails`, it exits 1 after starting
   the learner's etcd, with the error kubeadm gave when its member-ID lookup timed out there.
+  With `takes_leadership`, its promoted member is made the leader (`etcdctl move-leader`) and
+  the join goes on for 20 s more, as a starting control plane whose member an election chose.
   With `remaining_phases_fail: N`, the first N joins run with etcd-join skipped exit 1 with the
   error real kubeadm gave there: an API timeout before any phase ran, or
   (`remaining_phases_fail_in: wait-control-plane`) the node's API server not live in the last
@@ -114,6 +116,7 @@ class NodeConf:
     remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
     remaining_phases_fail_in: str = "kubelet-wait-bootstrap"  # | "wait-control-plane"
     reset_keeps_member: bool = False
+    takes_leadership: bool = False  # its member is made the leader after its promote
     node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
 
     @classmethod
@@ -665,6 +668,14 @@ def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
             f" file: {etcd_error(proc)}"
         )
     say(f"[etcd] The learner was promoted to a voting member: {learner_id}")
+    if node.takes_leadership:
+        # HA run 13: the joining node's new voter was elected leader while its control plane
+        # was still starting; here the leadership is handed to it, and kubeadm goes on for a
+        # while (its static pods starting) before it ends.
+        proc = etcdctl(node, node.cluster_endpoints(), "move-leader", learner_id)
+        if proc.returncode != 0:
+            raise Fail(f"move-leader: {etcd_error(proc)}")
+        time.sleep(20)
     wait_for(lambda: etcd_healthy(node), 30, "the local etcd member to be healthy")
 
 

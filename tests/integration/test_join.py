@@ -149,6 +149,22 @@ def test_3c_a_join_that_failed_after_starting_its_learner_is_promoted_and_finish
     assert lab.get_from("cp2", "/it/before") == "kept"
 
 
+def test_3c2_the_joining_nodes_member_is_not_left_leading(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA run 13: cp3's new voter was elected leader while cp3's control plane was starting, and
+    the cluster churned through elections. When the joining node's member leads, `lab join`
+    hands the leadership to another voter (etcd's MoveLeader) and the join goes on."""
+    lab = started(make_harness(nodes=CPS))
+    ok(lab.lab("join", "cp2"))
+    lab.nodes["cp3"].configure(takes_leadership=True)
+    out = ok(lab.lab("join", "cp3"))
+    assert "cp3: its etcd member led: leadership handed to cp1" in out
+    assert "joined on attempt 1" in out and "undo" not in out
+    assert lab.voters() == list(CPS) and not lab.learners()
+    assert lab.leader() == "cp1"
+
+
 def test_3d_a_voter_is_removed_from_etcd_before_its_node_is_reset(
     make_harness: Callable[..., Harness],
 ) -> None:
