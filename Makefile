@@ -10,11 +10,11 @@ export LAB_STACK := $(STACK)
 
 # Debian packages per use: rendering checks and seed ISOs, the integration harness, libvirt (the
 # lab, engine, e2e).
-UNIT_DEBS        := cloud-init genisoimage haproxy
+UNIT_DEBS        := cloud-init genisoimage haproxy xsltproc
 INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps \
                     keepalived haproxy curl
 LIBVIRT_DEBS     := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-                    genisoimage iproute2 util-linux
+                    genisoimage xsltproc iproute2 util-linux
 IMAGE_DEBS       := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils
 
 .PHONY: help venv up down preview plan diagnose verify engine image image-check lint test test-unit test-program \

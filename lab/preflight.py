@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 from lab.config import LabConfig
 from lab.render.cloudinit import ISO_TOOL_MISSING, iso_tool
+from lab.render.domain import XSLT_TOOL_MISSING, xslt_tool
 
 # Where libvirt listens for qemu:///system: the monolithic daemon, or the modular virtqemud.
 SYSTEM_SOCKETS = ("/var/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock")
@@ -55,4 +56,6 @@ def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm")) -> list[str]:
         )
     if iso_tool() is None:
         problems.append(ISO_TOOL_MISSING)
+    if xslt_tool() is None:
+        problems.append(XSLT_TOOL_MISSING)
     return problems

@@ -63,6 +63,10 @@ def running(pod: dict[str, Any]) -> bool:
     )
 
 
+CPU_PACKAGES = "cat /sys/devices/system/cpu/cpu*/topology/physical_package_id"
+CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+
+
 def test_3_nodes_run_the_configured_version_and_pulled_nothing(cluster: Cluster) -> None:
     built = set(json.loads(MANIFEST.read_text())["containerd_images"])
     for node in ("cp1", "worker1"):
@@ -72,6 +76,11 @@ def test_3_nodes_run_the_configured_version_and_pulled_nothing(cluster: Cluster)
         listed = cluster.on(node, "ctr", "-n", "k8s.io", "images", "ls", "-q").split()
         named = {i for i in listed if not i.startswith("sha256:")}
         assert named == built, f"{node}: images not from the node image: {named - built}"
+        # One socket (lab.render.domain), so the kernel keeps the TSC for its clock.
+        packages = cluster.on(node, "sh", "-c", CPU_PACKAGES).split()
+        clock = cluster.on(node, "cat", CLOCKSOURCE)
+        print(f"\n{node}: {len(packages)} vCPU(s) on socket(s) {set(packages)}, clock {clock}")
+        assert set(packages) == {"0"}, packages
     reasons = {e["reason"] for e in cluster.kubectl_json("get", "events", "-A")["items"]}
     assert not reasons & {"Pulling", "Failed", "ErrImageNeverPull"}, reasons
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lab.config import parse_config
 from lab.preflight import host_problems, libvirt_socket_problem
+from lab.render.domain import XSLT_TOOL_MISSING
 
 
 def test_missing_system_socket_names_the_fix(tmp_path: Path) -> None:
@@ -37,3 +40,12 @@ def test_host_problems_lists_kvm(tmp_path: Path) -> None:
     assert not any("libvirt" in p.split(":")[0] for p in problems)
     emulation = parse_config({"libvirt": {"uri": uri}}, "x")  # auto: software emulation
     assert not any("KVM" in p for p in host_problems(emulation, kvm=tmp_path / "kvm"))
+
+
+def test_host_problems_name_a_missing_xsltproc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The libvirt provider runs xsltproc for every domain; without it `pulumi up` would fail
+    in the provider's words, after the network and volumes were made."""
+    cfg = parse_config({}, "x")
+    assert XSLT_TOOL_MISSING not in host_problems(cfg)
+    monkeypatch.setattr("lab.preflight.xslt_tool", lambda: None)
+    assert XSLT_TOOL_MISSING in host_problems(cfg)

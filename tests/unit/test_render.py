@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import yaml
 
 from lab import keys
 from lab.config import LabConfig, parse_config
-from lab.render import cloudinit, endpoint, flannel, kubeadm
+from lab.render import cloudinit, domain, endpoint, flannel, kubeadm
 from lab.topology import Node, Topology, build_topology
 
 # What `lab join` fetches from cp1 before each attempt; any well-formed values do here.
@@ -314,3 +315,20 @@ def test_the_endpoint_check_asks_haproxy_whether_an_api_server_is_up(tmp_path: P
             script = endpoint.check_script().replace(f"/{endpoint.MONITOR_PORT}", f"/{port}")
             run = subprocess.run(["bash", "-c", script], timeout=10)
         assert (run.returncode == 0) is passes, status
+
+
+@pytest.mark.parametrize(
+    "cpu",
+    ["", '<cpu mode="host-passthrough"><topology sockets="3" cores="1" threads="1"/></cpu>'],
+)
+def test_every_guest_gets_one_cpu_socket_with_its_vcpus_as_cores(cpu: str, tmp_path: Path) -> None:
+    """The stylesheet, run by xsltproc as the libvirt provider runs it, on the domain XML the
+    provider writes (libvirt's default: one socket per vCPU) and on one with a CPU mode."""
+    assert domain.xslt_tool() is not None, domain.XSLT_TOOL_MISSING
+    (tmp_path / "one-socket.xsl").write_text(domain.ONE_SOCKET_XSLT)
+    (tmp_path / "domain.xml").write_text(f"<domain><name>cp1</name><vcpu>3</vcpu>{cpu}</domain>")
+    argv = ["xsltproc", "--nonet", str(tmp_path / "one-socket.xsl"), str(tmp_path / "domain.xml")]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    [topology] = ET.fromstring(out).findall("cpu/topology")
+    assert topology.attrib == {"sockets": "1", "dies": "1", "cores": "3", "threads": "1"}
+    assert ET.fromstring(out).find("cpu").attrib == ({"mode": "host-passthrough"} if cpu else {})

@@ -1,0 +1,51 @@
+"""What the lab changes in the domain XML the libvirt provider writes: one CPU socket.
+
+libvirt gives a domain of N vCPUs N sockets of one core each. A Linux guest on a CPU that does
+not say its TSC is constant (qemu's default model under software emulation says nothing) and is
+not Intel's takes TSCs on several sockets to be unsynchronised, and falls back to the HPET for its
+clock. Under emulation every HPET read is a system call and an emulated device access: in HA run
+14's guests Go's `time.Now()` took 2.4-6.6 µs, against 0.16 µs on the TSC, and a Kubernetes
+control plane reads the clock constantly. One socket of N cores, as real hardware is, keeps the
+TSC (the kernel's watchdog still moves a TSC calibrated wrong to the HPET).
+
+The provider applies an XSLT with xsltproc on the host that runs Pulumi; the stylesheet adds the
+topology to the domain's <cpu>, or adds a <cpu> with only the topology (qemu's default model).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+XSLT_TOOL_MISSING = (
+    "xsltproc is missing: the libvirt provider runs it to give each guest one CPU socket;"
+    " apt install xsltproc (`make up` does)"
+)
+
+ONE_SOCKET_XSLT = """\
+<?xml version="1.0"?>
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output omit-xml-declaration="yes" indent="yes"/>
+  <xsl:variable name="topology">
+    <topology sockets="1" dies="1" cores="{normalize-space(/domain/vcpu)}" threads="1"/>
+  </xsl:variable>
+  <xsl:template match="node()|@*">
+    <xsl:copy><xsl:apply-templates select="node()|@*"/></xsl:copy>
+  </xsl:template>
+  <xsl:template match="/domain/cpu">
+    <xsl:copy>
+      <xsl:apply-templates select="@*|node()[not(self::topology)]"/>
+      <xsl:copy-of select="$topology"/>
+    </xsl:copy>
+  </xsl:template>
+  <xsl:template match="/domain[not(cpu)]">
+    <xsl:copy>
+      <xsl:apply-templates select="node()|@*"/>
+      <cpu><xsl:copy-of select="$topology"/></cpu>
+    </xsl:copy>
+  </xsl:template>
+</xsl:stylesheet>
+"""
+
+
+def xslt_tool() -> str | None:
+    return shutil.which("xsltproc")
