@@ -33,6 +33,7 @@ from lab.ops.node import (
     kube_nodes,
     kubeadm_join,
     kubeadm_reset,
+    kubectl_until_ok,
     probe,
     stop_kubeadm_join,
     wait_until_reachable,
@@ -212,10 +213,13 @@ FINISHING_PHASES = (
     "control-plane-join/mark-control-plane",
     "wait-control-plane",
 )
-REMAINING_PHASES_RUNS = 3
+REMAINING_PHASES_RUNS = 5
 # The failures of those phases that another run may get past: an API request past kubeadm's
 # 10 s, or the node's own API server not live yet (HA run 13: cp3's, after kubeadm's 20 min).
 RUN_AGAIN = ("api-timeout", "control-plane-not-live")
+# What the endpoint must answer, within kubeadm's fixed limit, before another run: HA run 14's
+# cp3 ran twice in 64 s while its new member caught up, each run's first request timing out.
+ENDPOINT_ANSWERS = "get nodes -o name --request-timeout=10s"
 
 
 async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> None:
@@ -223,11 +227,17 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
     kubeadm's fixed 10 s (HA e2e run 5) or the node's API server is not live yet: the node is a
     voter by then, and undoing a working voter to join it again only loads the cluster more. A
     run goes on from the phase the one before failed in (HA run 10: runs 2 and 3 redid finished
-    phases, and their configuration fetch timed out). Any other failure is the attempt's."""
+    phases, and their configuration fetch timed out), and only once the endpoint answers within
+    kubeadm's limit again. Any other failure is the attempt's."""
     step = progress(session, node, attempt)
     skip: tuple[str, ...] = AFTER_ETCD_JOIN
     for run in range(1, REMAINING_PHASES_RUNS + 1):
         again = f", run {run}" if run > 1 else ""
+        if run > 1:
+            step("wait until the endpoint answers within kubeadm's 10 s")
+            admin = await admin_node(session, besides=node.name)
+            deadline = time.monotonic() + attempt.left()
+            await kubectl_until_ok(session, admin, ENDPOINT_ANSWERS, deadline)
         step(f"kubeadm join, the remaining phases (--skip-phases={','.join(skip)}){again}")
         try:
             await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=skip)

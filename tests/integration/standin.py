@@ -781,6 +781,7 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", default="")
     p.add_argument("--ignore-not-found", action="store_true")
+    p.add_argument("--request-timeout")  # etcd answers at once here
     args = p.parse_args(argv)
     if not Path(args.kubeconfig).is_file():
         print(f"error: stat {args.kubeconfig}: no such file or directory", file=sys.stderr)
@@ -817,6 +818,9 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
         items = [i for i in items if i["metadata"]["name"] == args.name]
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
+        return 0
+    if args.output == "name":
+        print("\n".join(f"node/{it['metadata']['name']}" for it in items))
         return 0
     print(f"{'NAME':<12}{'STATUS':<10}ROLES")
     for it in items:

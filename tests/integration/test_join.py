@@ -186,7 +186,8 @@ def test_3d_a_voter_is_removed_from_etcd_before_its_node_is_reset(
     assert failed.returncode == 1, out
     assert "unable to fetch the kubeadm-config ConfigMap" in out
     assert out.count("voter)") == 2, out  # "removed its etcd member ... (voter)", per attempt
-    assert out.count("the remaining phases") == 6, out  # 3 runs per attempt
+    assert out.count("the remaining phases") == 10, out  # 5 runs per attempt
+    assert out.count("wait until the endpoint answers") == 8, out  # before each run but the first
     assert "did not join after 2 attempt(s)" in out and "etcd is as before the join" in out
     assert lab.voters() == ["cp1"] and not lab.learners()
     assert lab.get_from("cp1", "/it/before") == "kept"  # a linearizable read: cp1 has quorum
@@ -204,6 +205,7 @@ def test_3e_remaining_phases_past_kubeadms_api_limit_run_again_not_undone(
     lab.nodes["cp2"].configure(promote_reply_lost=True, remaining_phases_fail=1)
     out = ok(lab.lab("join", "cp2"))
     assert "unable to fetch the kubeadm-config ConfigMap" in out
+    assert "wait until the endpoint answers within kubeadm's 10 s" in out
     assert "control-plane-join/etcd), run 2" in out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
