@@ -236,8 +236,7 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
         if run > 1:
             step("wait until the endpoint answers within kubeadm's 10 s")
             admin = await admin_node(session, besides=node.name)
-            deadline = time.monotonic() + attempt.left()
-            await kubectl_until_ok(session, admin, ENDPOINT_ANSWERS, deadline)
+            await kubectl_until_ok(session, admin, ENDPOINT_ANSWERS, attempt.deadline)
         step(f"kubeadm join, the remaining phases (--skip-phases={','.join(skip)}){again}")
         try:
             await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=skip)

@@ -328,7 +328,7 @@ def test_every_guest_gets_one_cpu_socket_with_its_vcpus_as_cores(cpu: str, tmp_p
     (tmp_path / "one-socket.xsl").write_text(domain.ONE_SOCKET_XSLT)
     (tmp_path / "domain.xml").write_text(f"<domain><name>cp1</name><vcpu>3</vcpu>{cpu}</domain>")
     argv = ["xsltproc", "--nonet", str(tmp_path / "one-socket.xsl"), str(tmp_path / "domain.xml")]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    [topology] = ET.fromstring(out).findall("cpu/topology")
+    out = ET.fromstring(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    [topology] = out.findall("cpu/topology")
     assert topology.attrib == {"sockets": "1", "dies": "1", "cores": "3", "threads": "1"}
-    assert ET.fromstring(out).find("cpu").attrib == ({"mode": "host-passthrough"} if cpu else {})
+    assert out.find("cpu").attrib == ({"mode": "host-passthrough"} if cpu else {})
