@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.etcd import PEER_PORT, EtcdError, Status
-from lab.ops.cleanup import Stale, stale_learners
+from lab.ops.cleanup import Stale, joining, stale_learners
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.endpoint import EndpointState, endpoint_states
 from lab.ops.node import TcpPath, probe
@@ -154,7 +154,10 @@ async def diagnose(session: Session) -> Report:
     )
     paths = [p for ps in probes for p in ps]
     session.say(None, f"etcd: {len(snap.voters)} voter(s), {len(snap.learners)} learner(s)")
-    stale = stale_learners([snap], node=None, max_lag=session.cfg.tuning.gate_max_applied_lag)
+    busy = await joining(session, snap)
+    stale = stale_learners(
+        [snap], node=None, max_lag=session.cfg.tuning.gate_max_applied_lag, joining=busy
+    )
     return Report(paths, snap, stale, recommend(paths, snap, stale), vip)
 
 

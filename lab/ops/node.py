@@ -233,6 +233,18 @@ def keep_output(session: Session, node: Node, command: str, output: str) -> Path
     return log
 
 
+async def kubeadm_join_runs(session: Session, node: Node) -> bool:
+    """Whether the node's `kubeadm join` still runs (its PID alive); a node that does not answer
+    runs none that matters."""
+    try:
+        r = await session.shell(node).run(
+            f"kill -0 $(cat {JOIN_PID}) 2>/dev/null", timeout=30 * session.slowdown
+        )
+    except SshError:
+        return False
+    return r.ok
+
+
 async def stop_kubeadm_join(session: Session, node: Node) -> None:
     """Stop the node's running `kubeadm join` (by its PID: test nodes share one PID space)."""
     await session.shell(node).run(

@@ -178,6 +178,10 @@ def test_stale_learner_not_started_or_not_answering() -> None:
     )
     (y,) = stale_learners([s2], node=None, max_lag=50)
     assert "does not answer" in y.reason
+    # the same learner while its node's kubeadm join still runs: mid-join, not stale
+    assert stale_learners([s], node=None, max_lag=50, joining=frozenset({"cp2"})) == []
+    (z,) = stale_learners([s], node="cp2", max_lag=50, joining=frozenset({"cp2"}))
+    assert "being (re)joined" in z.reason
 
 
 def test_stale_learner_not_catching_up_between_two_looks() -> None:
