@@ -32,6 +32,7 @@ from lab.ops.node import (
     fetch_credentials,
     kube_nodes,
     kubeadm_join,
+    kubeadm_join_said,
     kubeadm_reset,
     kubectl_until_ok,
     probe,
@@ -310,12 +311,15 @@ async def kubeadm_join_fresh(
     await (stopped_once_a_voter(session, node, join) if watch else join)
 
 
-# HA run 9: kubeadm's first promote went through (etcd logged it a minute into the join), its
-# reply did not come back within kubeadm's fixed 2 s, and kubeadm asked again once a second,
-# each refused with "can only promote a learner member" and each a raft entry, until its
-# etcdAPICall timeout (20 min under emulation) ran out. A voter for this long means kubeadm
-# has nothing left to do in etcd: it is stopped, and the remaining phases finish the node.
-VOTER_GRACE_SECONDS = 30
+# HA runs 9, 15 and 16: kubeadm's promote went through, its reply did not come back within
+# kubeadm's fixed 2 s, and kubeadm asked again about once a second, each refused with "can only
+# promote a learner member" (etcd's answer for a voter) and each a raft entry, until its
+# etcdAPICall timeout (20 min under emulation). kubeadm prints PROMOTED as soon as its promote
+# returns; a voter whose kubeadm has not printed it a few seconds on is stuck there, and is
+# stopped: the remaining phases finish the node (run 16: 5 s, after 180 s of waiting on a fixed
+# grace). A kubeadm that printed it is left to finish.
+PROMOTED = "[etcd] Waiting for the new etcd member to join the cluster"
+VOTER_GRACE_SECONDS = 5
 
 
 async def stopped_once_a_voter(
@@ -333,14 +337,21 @@ async def stopped_once_a_voter(
                 continue  # a loaded etcd: ask again next time
             is_voter = bool(members) and not any(m.is_learner for m in members)
             voter_since = (voter_since or time.monotonic()) if is_voter else None
-            if voter_since is not None and time.monotonic() - voter_since > grace:
-                await stop_kubeadm_join(session, node)
-                raise OpFailed(
-                    f"{node.name}: its etcd member has been a voter for {grace:.0f}s and kubeadm"
-                    " join still runs (a promote whose reply was lost is retried until"
-                    " kubeadm's etcdAPICall timeout): stopped it"
-                )
-        task.result()
+            if voter_since is None or time.monotonic() - voter_since < grace:
+                continue
+            try:
+                if await kubeadm_join_said(session, node, PROMOTED):
+                    break  # past its promote: kubeadm goes on by itself
+            except SshError:
+                continue
+            await stop_kubeadm_join(session, node)
+            await asyncio.wait({task}, timeout=30 * session.slowdown)  # its output kept
+            raise OpFailed(
+                f"{node.name}: its etcd member has been a voter for {grace:.0f}s and kubeadm"
+                " join has not said its promote returned (one whose reply was lost is retried"
+                " until kubeadm's etcdAPICall timeout): stopped it"
+            )
+        await task
     finally:
         if not task.done():
             task.cancel()

@@ -206,6 +206,7 @@ async def write_join_config(session: Session, node: Node, creds: Credentials) ->
 
 
 JOIN_PID = "/etc/kubernetes/lab/kubeadm-join.pid"
+JOIN_LOG = "/etc/kubernetes/lab/kubeadm-join.log"
 
 
 async def kubeadm_join(
@@ -214,8 +215,12 @@ async def kubeadm_join(
     command = f"kubeadm join --config {JOIN_PATH}"
     if skip_phases:
         command += f" --skip-phases={','.join(skip_phases)}"
-    # The shell's PID becomes kubeadm's (exec), for stop_kubeadm_join.
-    r = await session.shell(node).run(f"echo $$ > {JOIN_PID} && exec {command}", timeout=timeout)
+    # kubeadm's PID in JOIN_PID (the inner shell's, which exec makes kubeadm's), for
+    # stop_kubeadm_join; its output in JOIN_LOG as it goes, for kubeadm_join_said, and here.
+    inner = shlex.quote(f"echo $$ > {JOIN_PID} && exec {command}")
+    r = await session.shell(node).run(
+        f"sh -c {inner} > {JOIN_LOG} 2>&1; s=$?; cat {JOIN_LOG}; exit $s", timeout=timeout
+    )
     if not r.ok:
         log = keep_output(session, node, command, r.output)
         session.say(node.name, f"kubeadm's whole output: {log}")
@@ -242,6 +247,14 @@ async def kubeadm_join_runs(session: Session, node: Node) -> bool:
         )
     except SshError:
         return False
+    return r.ok
+
+
+async def kubeadm_join_said(session: Session, node: Node, text: str) -> bool:
+    """Whether the node's running (or last) `kubeadm join` has printed `text` so far."""
+    r = await session.shell(node).run(
+        f"grep -qF -- {shlex.quote(text)} {JOIN_LOG}", timeout=30 * session.slowdown
+    )
     return r.ok
 
 

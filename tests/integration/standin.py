@@ -667,7 +667,7 @@ def join_etcd(node: NodeConf, endpoints: list[str]) -> None:
             "error execution phase etcd-join: error creating local etcd static pod manifest"
             f" file: {etcd_error(proc)}"
         )
-    say(f"[etcd] The learner was promoted to a voting member: {learner_id}")
+    say("[etcd] Waiting for the new etcd member to join the cluster. This can take up to 40s")
     if node.takes_leadership:
         # HA run 13: the joining node's new voter was elected leader while its control plane
         # was still starting; here the leadership is handed to it, and kubeadm goes on for a

@@ -120,7 +120,8 @@ def test_3b_a_join_that_failed_after_its_promote_is_finished_not_reset(
     the attempt succeeds without a reset."""
     lab = started(make_harness(nodes=("cp1", "cp2")))
     lab.put("/it/before", "kept")
-    lab.nodes["cp2"].configure(promote_reply_lost=True)
+    # kubeadm gives up before `lab join` would stop it (3b2)
+    lab.nodes["cp2"].configure(promote_reply_lost=True, promote_timeout=3)
     out = ok(lab.lab("join", "cp2"))
     assert "can only promote a learner member" in out  # etcd's own answer, through kubeadm
     assert "kubeadm join failed, but etcd made this node a voter: finish it, not reset it" in out
@@ -137,13 +138,18 @@ def test_3b_a_join_that_failed_after_its_promote_is_finished_not_reset(
 def test_3b2_a_kubeadm_still_retrying_a_promote_that_was_done_is_stopped_and_finished(
     make_harness: Callable[..., Harness],
 ) -> None:
-    """HA run 9, real kubeadm: its promote went through, the reply was lost, and it retried for
-    20 min (its etcdAPICall timeout). Here its retries would last 10 min: `lab join` sees the
-    member a voter, stops kubeadm and finishes the node with the remaining phases."""
+    """HA runs 9, 15, 16, real kubeadm: its promote went through, the reply was lost, and it
+    retried until stopped (20 min, its etcdAPICall timeout). Here its retries would last 10 min:
+    `lab join` sees the member a voter whose kubeadm has not printed what it prints after its
+    promote, stops kubeadm and finishes the node with the remaining phases."""
     lab = started(make_harness(nodes=("cp1", "cp2")))
     lab.nodes["cp2"].configure(promote_reply_lost=True, promote_timeout=600)
     out = ok(lab.lab("join", "cp2"))
-    assert "its etcd member has been a voter for 30s and kubeadm join still runs" in out
+    assert (
+        "its etcd member has been a voter for 5s and kubeadm join has not said its promote" in out
+    )
+    log = (lab.state_dir / "logs" / "cp2-kubeadm.log").read_text()  # the stopped run's output
+    assert "can only promote a learner member" in log
     assert "kubeadm join failed, but etcd made this node a voter: finish it, not reset it" in out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
@@ -177,6 +183,8 @@ def test_3c2_the_joining_nodes_member_is_not_left_leading(
     lab.nodes["cp3"].configure(takes_leadership=True)
     out = ok(lab.lab("join", "cp3"))
     assert "cp3: its etcd member led: leadership handed to cp1" in out
+    # a voter for 20 s, but its kubeadm said its promote returned: not stopped
+    assert "kubeadm join failed" not in out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == list(CPS) and not lab.learners()
     assert lab.leader() == "cp1"
