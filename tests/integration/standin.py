@@ -29,6 +29,8 @@ certificates, the API server) is reduced to what the lab can observe:
   error real kubeadm gave there: an API timeout before any phase ran, or
   (`remaining_phases_fail_in: wait-control-plane`) the node's API server not live in the last
   phase, the others done (HA run 13's text).
+  A control-plane join whose only phase not skipped is wait-control-plane ends as kubeadm 1.34's
+  does: every phase done, then a nil-pointer panic on its done message, exit 2.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.
@@ -574,8 +576,35 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
             ' error on the server ("[+]ping ok\\n[-]etcd failed: reason withheld\\nlivez check'
             ' failed") has prevented the request from succeeding'
         )
+    if READS_CONFIG.isdisjoint(PHASES - skip):
+        # Real kubeadm 1.34: its done message reads the cluster's configuration, which only these
+        # phases fetch (HA run 16).
+        print(DONE_MESSAGE_PANIC, file=sys.stderr, flush=True)
+        return 2
     say("This node has joined the cluster and a new control plane instance was created.")
     return 0
+
+
+# kubeadm join's phases, and those of them that fetch the cluster's configuration.
+PHASES = {
+    "preflight",
+    "control-plane-prepare",
+    "check-etcd",
+    "kubelet-start",
+    "etcd-join",
+    "kubelet-wait-bootstrap",
+    "control-plane-join/etcd",
+    "control-plane-join/mark-control-plane",
+    "wait-control-plane",
+}
+READS_CONFIG = PHASES - {"wait-control-plane"}
+DONE_MESSAGE_PANIC = """\
+panic: runtime error: invalid memory address or nil pointer dereference
+[signal SIGSEGV: segmentation violation code=0x1 addr=0x50 pc=0x236516a]
+
+goroutine 1 [running]:
+k8s.io/kubernetes/cmd/kubeadm/app/cmd.newCmdJoin.func1(0x19bf4838800?, {0x19bf4171800, 0x0, 0x3})
+\tk8s.io/kubernetes@v1.34.4/cmd/kubeadm/app/cmd/join.go:195 +0xaa"""
 
 
 def counted_run(node: NodeConf, what: str) -> int:

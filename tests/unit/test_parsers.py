@@ -7,7 +7,8 @@ kubeadm-join-member-lookup.txt and kubeadm-join-sync-endpoints.txt are the error
 more, from HA e2e runs; kubeadm-join-tls-bootstrap.txt ends with the error line of HA run 8,
 after the lines kubeadm 1.34 prints before it; kubeadm-join-wait-control-plane.txt and
 kubeadm-join-run-condition.txt are the error lines of two runs of the remaining phases in HA run
-10, kubeadm-join-wait-control-plane-livez.txt those of one in HA run 13)."""
+10, kubeadm-join-wait-control-plane-livez.txt those of one in HA run 13;
+kubeadm-join-done-message-panic.txt is the whole output of one in HA run 16)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ from lab.etcd import describe
 from lab.ops.classify import classify
 from lab.ops.common import OpFailed
 from lab.ops.join import RUN_AGAIN, finished_phases
-from lab.ops.node import ca_cert_hash, gist, last_line, parse_probes, ready_nodes
+from lab.ops.node import (
+    ca_cert_hash,
+    gist,
+    last_line,
+    panicked_after_its_phases,
+    parse_probes,
+    ready_nodes,
+)
 
 RECORDED = Path(__file__).with_name("recorded")
 
@@ -155,3 +163,17 @@ def test_a_run_of_the_remaining_phases_goes_on_where_the_last_one_failed(
     mark = "error execution phase control-plane-join/mark-control-plane: timed out"
     assert finished_phases(mark) == ("kubelet-wait-bootstrap",)
     assert finished_phases("no phase named") == ()
+
+
+def test_a_panic_on_kubeadms_done_message_is_told_from_a_failed_phase() -> None:
+    """Real kubeadm 1.34, HA run 16: wait-control-plane alone passed (the API server healthy after
+    9 min), then the join command panicked printing its done message; a panic inside a phase
+    has the phase's frames first."""
+    done = recorded("kubeadm-join-done-message-panic.txt")
+    assert panicked_after_its_phases(done)
+    in_phase = done.replace(
+        "goroutine 1 [running]:\n",
+        "goroutine 1 [running]:\nk8s.io/kubernetes/cmd/kubeadm/app/phases/etcd.Promote(0x0)\n",
+    )
+    assert not panicked_after_its_phases(in_phase)
+    assert not panicked_after_its_phases(recorded("kubeadm-join-wait-control-plane.txt"))
