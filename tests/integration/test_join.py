@@ -200,7 +200,7 @@ def test_3d_a_voter_is_removed_from_etcd_before_its_node_is_reset(
     lab = started(
         make_harness(
             nodes=("cp1", "cp2"),
-            tuning={"cp_join_retry_attempts": 2, "cp_join_retry_max_total_seconds": 120},
+            tuning={"cp_join_retry_attempts": 2, "cp_join_retry_max_total_seconds": 180},
         )
     )
     lab.put("/it/before", "kept")
