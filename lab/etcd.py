@@ -231,8 +231,10 @@ class Etcd:
         return _member(resp.member)
 
     async def remove_member(self, member_id: int, *, wait: float = 15.0) -> None:
-        """Remove a member; etcd refuses ('unhealthy cluster') while a voter's peers have been
-        connected for less than 5 s, so that answer is retried for up to `wait` seconds."""
+        """Remove a member, retried for up to `wait` seconds while etcd refuses ('unhealthy
+        cluster': a voter's peers connected for less than 5 s) or does not answer in time (HA
+        run 16: a loaded cluster). A removal whose reply was lost answers 'member not found'
+        next time: done."""
         t = self.timeout
         deadline = asyncio.get_running_loop().time() + wait
         while True:
@@ -246,10 +248,8 @@ class Etcd:
             except EtcdError as e:
                 if "member not found" in str(e):
                     return
-                if (
-                    "unhealthy cluster" not in str(e)
-                    or asyncio.get_running_loop().time() > deadline
-                ):
+                again = "unhealthy cluster" in str(e) or _transient(e)
+                if not again or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(0.5)
 

@@ -16,7 +16,11 @@ from lab.ops.node import admin_node, kubeadm_reset, kubectl_until_ok
 from lab.ssh import SshError
 from lab.topology import Node
 
-NODE_DELETE_SECONDS = 120  # how long `kubectl delete node` is tried, scaled by the slowdown
+# How long `kubectl delete node` and the member's removal are tried, scaled by the slowdown. HA
+# run 16: the scale-down's removal of cp3 timed out once (60 s) on a cluster loaded by cp1's
+# restart, and the whole `pulumi up` failed on it.
+NODE_DELETE_SECONDS = 120
+MEMBER_REMOVE_SECONDS = 60
 
 
 def quorum(n: int) -> int:
@@ -67,7 +71,9 @@ async def leave(session: Session, node: Node, *, force: bool = False) -> None:
             raise OpFailed(f"refusing to remove {name}: {why} (use --force to override)")
         if why:
             session.say(name, f"--force: removing anyway: {why}")
-        await (await session.etcd()).remove_member(m.id)
+        await (await session.etcd()).remove_member(
+            m.id, wait=MEMBER_REMOVE_SECONDS * session.slowdown
+        )
         session.say(
             name, f"removed etcd member {m.hex_id} ({'learner' if m.is_learner else 'voter'})"
         )

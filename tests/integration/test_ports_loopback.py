@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -273,7 +274,20 @@ def test_etcd_port_learner_lifecycle(cluster: LoopbackEtcd) -> None:
             await etcd.linearizable_read()
 
             member_e2 = next(m for m in members if m.name == "e2")
-            await etcd.remove_member(member_e2.id)
+            # HA run 16: a removal that does not answer in time (e1, the one endpoint asked,
+            # stopped for 3 s) is asked again within its wait, and goes through.
+            slow = cluster.client("e1", timeout=1.0)
+            assert first.proc is not None
+            first.proc.send_signal(signal.SIGSTOP)
+            try:
+                removal = asyncio.ensure_future(slow.remove_member(member_e2.id, wait=30))
+                await asyncio.sleep(3)
+                assert not removal.done()
+            finally:
+                first.proc.send_signal(signal.SIGCONT)
+            await removal
+            await slow.close()
+            await etcd.remove_member(member_e2.id)  # gone already: "member not found" is done
             assert [m.name for m in await etcd.members()] == ["e1"]
             assert await etcd.get("/lab/before") == "kept"
 
