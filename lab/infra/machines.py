@@ -9,7 +9,7 @@ import pulumi
 import pulumi_libvirt as libvirt
 
 from lab.config import LabConfig
-from lab.render.domain import ONE_SOCKET_XSLT
+from lab.render.domain import DOMAIN_XSLT
 from lab.topology import Node, Topology
 
 GIB = 1024**3
@@ -129,8 +129,9 @@ class Machine(pulumi.ComponentResource):
             ],
             # Cloud images print to, and some wait for, a serial console.
             consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
-            # One socket of N cores, so the guest's clock stays on the TSC (lab.render.domain).
-            xml=libvirt.DomainXmlArgs(xslt=ONE_SOCKET_XSLT),
+            # One socket of N cores, so the guest's clock stays on the TSC, and disks whose
+            # flushes do not wait on the host's disk (lab.render.domain).
+            xml=libvirt.DomainXmlArgs(xslt=DOMAIN_XSLT),
             # With no DHCP lease and no guest agent yet, the provider reads the address back as
             # empty: without this every `pulumi up` would propose an update.
             opts=child.merge(

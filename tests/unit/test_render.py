@@ -321,14 +321,30 @@ def test_the_endpoint_check_asks_haproxy_whether_an_api_server_is_up(tmp_path: P
     "cpu",
     ["", '<cpu mode="host-passthrough"><topology sockets="3" cores="1" threads="1"/></cpu>'],
 )
-def test_every_guest_gets_one_cpu_socket_with_its_vcpus_as_cores(cpu: str, tmp_path: Path) -> None:
+def test_every_guest_gets_one_cpu_socket_and_disks_with_cache_unsafe(
+    cpu: str, tmp_path: Path
+) -> None:
     """The stylesheet, run by xsltproc as the libvirt provider runs it, on the domain XML the
-    provider writes (libvirt's default: one socket per vCPU) and on one with a CPU mode."""
+    provider writes (libvirt's default: one socket per vCPU) and on one with a CPU mode; its
+    disks (image and cloud-init ISO) as the provider writes them, the CD-ROM left alone."""
     assert domain.xslt_tool() is not None, domain.XSLT_TOOL_MISSING
-    (tmp_path / "one-socket.xsl").write_text(domain.ONE_SOCKET_XSLT)
-    (tmp_path / "domain.xml").write_text(f"<domain><name>cp1</name><vcpu>3</vcpu>{cpu}</domain>")
-    argv = ["xsltproc", "--nonet", str(tmp_path / "one-socket.xsl"), str(tmp_path / "domain.xml")]
+    (tmp_path / "domain.xsl").write_text(domain.DOMAIN_XSLT)
+    disks = (
+        '<disk type="volume" device="disk"><driver name="qemu" type="qcow2"/></disk>'
+        '<disk type="volume" device="disk"><driver name="qemu" type="raw" cache="none"/></disk>'
+        '<disk type="file" device="cdrom"><driver name="qemu" type="raw"/></disk>'
+    )
+    (tmp_path / "domain.xml").write_text(
+        f"<domain><name>cp1</name><vcpu>3</vcpu>{cpu}<devices>{disks}</devices></domain>"
+    )
+    argv = ["xsltproc", "--nonet", str(tmp_path / "domain.xsl"), str(tmp_path / "domain.xml")]
     out = ET.fromstring(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     [topology] = out.findall("cpu/topology")
     assert topology.attrib == {"sockets": "1", "dies": "1", "cores": "3", "threads": "1"}
     assert out.find("cpu").attrib == ({"mode": "host-passthrough"} if cpu else {})
+    drivers = [d.attrib for d in out.findall("devices/disk/driver")]
+    assert drivers == [
+        {"name": "qemu", "type": "qcow2", "cache": "unsafe"},
+        {"name": "qemu", "type": "raw", "cache": "unsafe"},
+        {"name": "qemu", "type": "raw"},
+    ]
