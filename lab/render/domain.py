@@ -10,7 +10,7 @@ control plane reads the clock constantly. One socket of N cores, as real hardwar
 TSC (the kernel's watchdog still moves a TSC calibrated wrong to the HPET).
 
 Every fsync in a guest (etcd syncs its log on every write) becomes flushes of the disk image
-on the host: HA run 16's emulated control planes took 180 ms per 4 KiB synchronous write, and
+on the host: HA run 16's emulated control planes took 51-180 ms per 4 KiB synchronous write, and
 etcd logged "slow fdatasync" and lost its leader to missed heartbeats. qemu's cache mode
 `unsafe` completes a guest's flush at once: what the guest wrote is already in the host's page
 cache, so a guest that crashes or is destroyed (`virsh destroy`) loses nothing it synced; only
