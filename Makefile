@@ -119,7 +119,7 @@ bench: venv
 # on the same guests (over an hour on a 2-core host).
 bench-cluster: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
-	$(PY) -m benchmarks.cluster_bench
+	$(PY) -u -m benchmarks.cluster_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

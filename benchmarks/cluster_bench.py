@@ -30,7 +30,7 @@ from lab.libvirtd import PrivateLibvirtd
 from lab.ops.common import OpFailed, Progress, Session, owns
 from lab.ops.node import fetch_credentials, kubeadm_join, kubeadm_reset, write_join_config
 from lab.ssh import SshError
-from tests.e2e.cluster import Cluster, cluster_on
+from tests.e2e.cluster import UP_TIMEOUT, Cluster, cluster_on
 from tests.engine.conftest import Libvirtd
 
 CIDR = "10.42.0.0/24"
@@ -40,13 +40,16 @@ PROMOTE_REFUSED = "can only promote a learner member"
 
 
 def lab_way(c: Cluster) -> None:
+    """Each step with as long as a whole `pulumi up` may take (a cp3 join here took 17 min)."""
     for args in (
         ("join", "cp2"),
         ("gate", "--voters", "2"),
         ("join", "cp3"),
         ("gate", "--voters", "3"),
     ):
-        c.lab(*args)
+        began = time.monotonic()
+        c.lab(*args, timeout=UP_TIMEOUT)
+        print(f"lab: {' '.join(args)}: {time.monotonic() - began:.0f} s", flush=True)
 
 
 async def seed_way(c: Cluster, budget: float) -> list[str]:

@@ -50,11 +50,16 @@ class Cluster:
     name: str
 
     def lab(
-        self, command: str, *args: str, input: str | None = None, check: bool = True
+        self,
+        command: str,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
-        """`lab COMMAND --config ... ARGS` inside the lab's namespace. An API server that is
-        restarting or overloaded (emulated guests are slow) gets up to API_RESTART seconds;
-        each wait is printed, so the log shows how often it happened."""
+        """`lab COMMAND --config ... ARGS` inside the lab's namespace, each run given `timeout`
+        seconds. An API server that is restarting or overloaded (emulated guests are slow) gets
+        up to API_RESTART seconds; each wait is printed, so the log shows how often it happened."""
         argv = ["ip", "netns", "exec", self.libvirtd.netns, str(LAB), command]
         deadline = time.monotonic() + API_RESTART
         while True:
@@ -64,7 +69,7 @@ class Cluster:
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
-                timeout=600,
+                timeout=timeout,
             )
             unavailable = any(s in out.stderr for s in API_UNAVAILABLE)
             if out.returncode == 0 or not unavailable or time.monotonic() > deadline:
