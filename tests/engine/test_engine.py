@@ -31,13 +31,14 @@ def in_plan_order(names: list[str], plan: list[Step]) -> bool:
     return all(s.name in at and all(at[b] < at[s.name] for b in s.after) for s in plan)
 
 
-@pytest.mark.parametrize("counts", [{}, {"lab:control_planes": "3", "lab:workers": "2"}])
+@pytest.mark.parametrize("counts", [{}, {"lab:control_planes": "1", "lab:workers": "1"}])
 def test_preview_of_the_dev_config_shows_machines_and_the_chain_in_plan_order(
     libvirtd, make_stack, tmp_path, counts
 ):
-    """The dev stack's cluster (and the shipped 3 + 2), previewed by the real engine and the
-    built providers: the network, every machine, and every step of the join chain, registered
-    in plan order. An empty image stands in for the node image: a preview boots nothing."""
+    """The dev stack's cluster (the shipped 3 + 2) and the small 1 + 1 lab, previewed by the real
+    engine and the built providers: the network, every machine, and every step of the join
+    chain, registered in plan order. An empty image stands in for the node image: a preview
+    boots nothing."""
     image = tmp_path / "image.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", str(image), "64M"], check=True)
     dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text()).get("config", {})
