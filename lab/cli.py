@@ -96,10 +96,12 @@ def _operate(
     json_out: bool = False,
     host_keys: dict[str, str] | None = None,
     changes_members: str | None = None,
+    of: Node | None = None,
 ) -> int:
     """Run one operation: progress lines with elapsed time (on stderr with --json), and a failed
     condition, an unreachable node or an etcd error as exit 1 with one clear line. An operation
-    that `changes_members` (its description) holds the lab's membership lock while it runs."""
+    that `changes_members` (its description) holds the membership lock while it runs, taken as a
+    worker's when the node it changes (`of`) is one (lab.ops.common.membership_lock)."""
     from lab.etcd import EtcdError
     from lab.ops.common import OpFailed, Progress, Session, membership_lock
     from lab.ssh import SshError
@@ -113,7 +115,8 @@ def _operate(
     try:
         if changes_members is None:
             return asyncio.run(go())
-        with membership_lock(cfg.state_dir, changes_members, progress):
+        worker = of.name if of is not None and not of.is_control_plane else None
+        with membership_lock(cfg.state_dir, changes_members, progress, worker=worker):
             return asyncio.run(go())
     except (OpFailed, SshError, EtcdError) as e:
         print(f"lab: {e}", file=sys.stderr)
@@ -138,13 +141,13 @@ def cmd_gate(cfg: LabConfig, args: argparse.Namespace) -> int:
 def cmd_join(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.join import join
 
-    build_topology(cfg).node(args.node)  # an unknown node is a usage error (exit 2)
+    node = build_topology(cfg).node(args.node)  # an unknown node is a usage error (exit 2)
 
     async def body(session: Session) -> int:
-        await join(session, args.node)
+        await join(session, node.name)
         return EXIT_OK
 
-    return _operate(cfg, body, changes_members=f"join {args.node}")
+    return _operate(cfg, body, changes_members=f"join {node.name}", of=node)
 
 
 def cmd_cleanup(cfg: LabConfig, args: argparse.Namespace) -> int:
@@ -208,7 +211,7 @@ def cmd_leave(cfg: LabConfig, args: argparse.Namespace) -> int:
         await leave(session, node, force=args.force)
         return EXIT_OK
 
-    return _operate(cfg, body, host_keys=host_keys, changes_members=f"leave {node.name}")
+    return _operate(cfg, body, host_keys=host_keys, changes_members=f"leave {node.name}", of=node)
 
 
 def cmd_init(cfg: LabConfig, args: argparse.Namespace) -> int:

@@ -55,32 +55,54 @@ class Progress:
 
 
 @contextlib.contextmanager
-def membership_lock(state_dir: Path, what: str, say: Progress) -> Iterator[None]:
-    """One membership change (join, leave, learner cleanup) at a time per lab. An interrupted
-    `pulumi up` can leave its `lab join` running while the next `pulumi up` starts another:
-    the second waits for the first, then finds the node joined (or cleans up after it)."""
-    path = state_dir / "membership.lock"
+def membership_lock(
+    state_dir: Path, what: str, say: Progress, *, worker: str | None = None
+) -> Iterator[None]:
+    """One etcd membership change (init, a control plane's join or leave, learner cleanup) at a
+    time per lab. An interrupted `pulumi up` can leave its `lab join` running while the next
+    `pulumi up` starts another: the second waits for the first, then finds the node joined (or
+    cleans up after it). A `worker`'s join or leave changes no etcd member: workers go together
+    (each holds the lab's lock shared), one change per worker at a time (its own lock)."""
+    lab_lock = state_dir / "membership.lock"
+    if worker is None:
+        with _flocked(lab_lock, fcntl.LOCK_EX, what, say, "one etcd membership change at a time"):
+            yield
+        return
+    node_lock = state_dir / f"membership-{worker}.lock"
+    with (
+        _flocked(node_lock, fcntl.LOCK_EX, what, say, "one change per node at a time"),
+        _flocked(lab_lock, fcntl.LOCK_SH, None, say, "workers wait out an etcd membership change"),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _flocked(path: Path, mode: int, what: str | None, say: Progress, why: str) -> Iterator[None]:
+    """Hold an flock on `path`, saying once whom we wait for. An exclusive holder names itself
+    in the file (`what`); shared holders, workers, leave it empty."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         waiting = False
         while True:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if not waiting:
                     f.seek(0)
-                    holder = f.read().strip() or "another lab command"
-                    say(None, f"waiting for {holder} to finish: one membership change at a time")
+                    holder = f.read().strip() or "workers' joins or leaves"
+                    say(None, f"waiting for {holder} to finish: {why}")
                     waiting = True
                 time.sleep(0.5)
-        f.truncate(0)
-        f.write(f"`lab {what}` (pid {os.getpid()})")
-        f.flush()
+        if what:
+            f.truncate(0)
+            f.write(f"`lab {what}` (pid {os.getpid()})")
+            f.flush()
         try:
             yield
         finally:
-            f.truncate(0)
+            if what:
+                f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

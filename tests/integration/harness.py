@@ -54,6 +54,7 @@ ADDRESSES = {
     "cp2": f"{SUBNET}.12",
     "cp3": f"{SUBNET}.13",
     "worker1": f"{SUBNET}.21",
+    "worker2": f"{SUBNET}.22",
 }
 STANDIN = Path(__file__).with_name("standin.py")
 REPO = Path(__file__).resolve().parents[2]

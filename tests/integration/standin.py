@@ -34,7 +34,8 @@ certificates, the API server) is reduced to what the lab can observe:
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
   (the certificate key) and etcd-join.
-  A worker (no controlPlane section) only registers the Node.
+  A worker (no controlPlane section) only registers the Node; with `join_held` in the node
+  file it first waits until that is false again (a slow node, held by the test).
 - `kubeadm reset -f`: remove this node's etcd member through the cluster if it can (a warning if
   not; with `reset_keeps_member` it does not try, as real kubeadm whose API calls timed out
   under emulation), stop etcd and the listener (the Node object stays, as with kubeadm),
@@ -120,6 +121,7 @@ class NodeConf:
     reset_keeps_member: bool = False
     takes_leadership: bool = False  # its member is made the leader after its promote
     node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
+    join_held: bool = False  # a worker's join waits while this is true
 
     @classmethod
     def load(cls, path: Path) -> NodeConf:
@@ -543,6 +545,8 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     api, endpoints = discovery(node, join)
     cp = join.get("controlPlane")
     if cp is None:
+        while NodeConf.load(node_config_path()).join_held:
+            time.sleep(0.2)
         (KUBE / "kubelet.conf").write_text(kubeconfig(f"https://{api}", f"system:node:{node.name}"))
         register(node, endpoints, "worker")
         say("This node has joined the cluster.")

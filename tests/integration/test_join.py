@@ -489,3 +489,28 @@ def test_10_verify_wait_polls_until_a_new_node_is_ready(
     lab.put(key, ready)
     assert waiting.wait(timeout=90) == 0, waiting.output
     assert "ok   nodes Ready: 2 node(s) Ready" in waiting.output
+
+
+def test_11_workers_join_together_one_change_per_worker(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Workers' joins change no etcd member, so they run together (`pulumi up` starts them
+    together): worker2 joins while worker1's kubeadm join is held. A second `lab join worker1`
+    waits for the first and finds it joined; learner cleanup, an etcd change, waits for both."""
+    lab = started(make_harness(nodes=("cp1", "worker1", "worker2")))
+    lab.nodes["worker1"].configure(join_held=True)
+    first = lab.lab_background("join", "worker1")
+    first.wait_for_text("kubeadm join", timeout=120)
+    again = lab.lab_background("join", "worker1")
+    cleanup = lab.lab_background("cleanup-learners")
+    again.wait_for_text("waiting for `lab join worker1` (pid", timeout=60)
+    cleanup.wait_for_text("waiting for workers' joins or leaves to finish", timeout=60)
+
+    assert "joined on attempt 1" in ok(lab.lab("join", "worker2"))
+    assert first.proc.poll() is None, first.output  # still held, worker2 did not wait for it
+    lab.nodes["worker1"].configure(join_held=False)
+    assert first.wait(timeout=120) == 0, first.output
+    assert again.wait(timeout=120) == 0 and "already joined" in again.output, again.output
+    assert cleanup.wait(timeout=120) == 0, cleanup.output
+    nodes = json.loads(ok(lab.lab("kubectl", "get", "nodes", "-o", "json")))["items"]
+    assert {n["metadata"]["name"] for n in nodes} == {"cp1", "worker1", "worker2"}
