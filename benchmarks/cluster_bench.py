@@ -20,23 +20,29 @@ Usage (as root, from the repo root): .venv/bin/python -m benchmarks.cluster_benc
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from lab.config import load_config
+from lab.etcd import EtcdError
 from lab.libvirtd import PrivateLibvirtd
 from lab.ops.common import OpFailed, Progress, Session, owns
 from lab.ops.node import fetch_credentials, kubeadm_join, kubeadm_reset, write_join_config
 from lab.ssh import SshError
-from tests.e2e.cluster import UP_TIMEOUT, Cluster, cluster_on
+from lab.topology import Node, build_topology
+from tests.e2e.cluster import ROOT, UP_TIMEOUT, Cluster, cluster_on
 from tests.engine.conftest import Libvirtd
 
 CIDR = "10.42.0.0/24"
 JOINERS = ("cp2", "cp3")
 SEED_ATTEMPTS, SEED_SLEEP = 5, 60
 PROMOTE_REFUSED = "can only promote a learner member"
+FAILED = "seed: failed: "
 
 
 def lab_way(c: Cluster) -> None:
@@ -52,10 +58,32 @@ def lab_way(c: Cluster) -> None:
         print(f"lab: {' '.join(args)}: {time.monotonic() - began:.0f} s", flush=True)
 
 
-async def seed_way(c: Cluster, budget: float) -> list[str]:
-    """Both joins at once, each the guide's loop; returns one line per failed attempt."""
-    cfg = load_config(c.config)
-    failures: list[str] = []
+def seed_way_in_namespace(c: Cluster) -> list[str]:
+    """The seed's way, run by a child of this in the lab's network namespace: the guests'
+    addresses exist only there (from here they would leave the host by its default route).
+    Its lines are printed as they come; returns its failed attempts."""
+    budget = load_config(c.config).tuning.cp_join_retry_max_total_seconds
+    argv = [sys.executable, "-u", "-m", "benchmarks.cluster_bench", "seed", str(c.config)]
+    child = subprocess.Popen(
+        ["ip", "netns", "exec", c.libvirtd.netns, *argv, str(budget)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert child.stdout is not None
+    failures = []
+    for line in child.stdout:
+        print(line, end="", flush=True)
+        if line.startswith(FAILED):
+            failures.append(line.removeprefix(FAILED).rstrip())
+    if child.wait() != 0:
+        raise RuntimeError(f"the seed's way ended with exit {child.returncode}")
+    return failures
+
+
+async def seed_way(config: Path, budget: float) -> None:
+    """Both joins at once, each the guide's loop; prints one FAILED line per failed attempt."""
+    cfg = load_config(config)
     deadline = time.monotonic() + budget
     async with Session(cfg, Progress()) as session:
 
@@ -69,24 +97,47 @@ async def seed_way(c: Cluster, budget: float) -> list[str]:
                     print(f"seed: {name} joined on attempt {attempt}", flush=True)
                     return
                 except (OpFailed, SshError) as e:
-                    members = (await session.snapshot()).members
-                    learner = any(m.is_learner and owns(node, m) for m in members)
-                    why = ("left a learner; " if learner else "") + (
+                    why = await left_a_learner(session, node) + (
                         "promote refused; " if PROMOTE_REFUSED in str(e) else ""
                     )
-                    failures.append(f"{name} attempt {attempt}: {why}{str(e).splitlines()[0]}")
-                    print(f"seed: {failures[-1]}", flush=True)
-                    await kubeadm_reset(session, node)
+                    failure = f"{name} attempt {attempt}: {why}{str(e).splitlines()[0]}"
+                    print(f"{FAILED}{failure}", flush=True)
+                    try:
+                        await kubeadm_reset(session, node)
+                    except (OpFailed, SshError) as reset_error:  # the guide goes on regardless
+                        print(f"seed: {name}: reset failed: {reset_error}", flush=True)
                     if time.monotonic() + SEED_SLEEP > deadline:
                         break
                     await asyncio.sleep(SEED_SLEEP)
             print(f"seed: {name} did not join", flush=True)
 
         await asyncio.gather(*(one(n) for n in JOINERS))
-    return failures
 
 
-def main() -> int:
+async def left_a_learner(session: Session, node: Node) -> str:
+    """'left a learner; ' when etcd lists one of the node's, '' when not, or why etcd cannot say."""
+    try:
+        members = (await session.snapshot()).members
+    except (OpFailed, EtcdError) as e:
+        return f"etcd unreadable ({e}); "
+    return "left a learner; " if any(m.is_learner and owns(node, m) for m in members) else ""
+
+
+def on_link(address: str) -> bool:
+    """Whether `address` is reached directly, not through a gateway (`ip route get` sends
+    nothing)."""
+    route = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True)
+    return route.returncode == 0 and "gateway" not in json.loads(route.stdout)[0]
+
+
+def main(args: list[str]) -> int:
+    if args[:1] == ["seed"]:  # the child of seed_way_in_namespace
+        cp1 = build_topology(load_config(Path(args[1]))).first.address
+        if not on_link(str(cp1)):
+            print(f"seed: {cp1} is not on a link here: run in the lab's namespace", file=sys.stderr)
+            return 2
+        asyncio.run(seed_way(Path(args[1]), float(args[2])))
+        return 0
     with tempfile.TemporaryDirectory(prefix="labbench") as tmp:
         daemon = PrivateLibvirtd(Path(tmp) / "daemon", f"labbench{os.getpid()}")
         daemon.start()
@@ -107,8 +158,7 @@ def main() -> int:
                     if way == "lab":
                         lab_way(c)
                     else:
-                        budget = load_config(c.config).tuning.cp_join_retry_max_total_seconds
-                        failures = asyncio.run(seed_way(c, budget))
+                        failures = seed_way_in_namespace(c)
                     times[way] = time.monotonic() - began
                     voters, learners = c.voters_and_learners()
                     print(f"{way}: {times[way]:.0f} s; voters {voters}, learners {learners}")
@@ -121,4 +171,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
