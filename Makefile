@@ -116,7 +116,7 @@ bench: venv
 	$(PY) -m benchmarks.join_bench --runs 3
 
 # The real cluster: pulumi up to Ready against its floor, then the lab's joins against the seed's
-# on the same guests (about two hours on a 2-core host).
+# on the same guests (two hours or more on a 2-core host: run 2 had 78 min of pulumi up).
 bench-cluster: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(PY) -u -m benchmarks.cluster_bench

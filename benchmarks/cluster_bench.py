@@ -1,4 +1,4 @@
-"""The real cluster's figures (`make bench-cluster`: root, the node image, about two hours here).
+"""The real cluster's figures (`make bench-cluster`: root, the node image, two hours or more here).
 
 1. `pulumi up` of 3 control planes + 1 worker on the node image, every guest emulated: each step
    from Pulumi's event log, the floor (cp1's boot + `kubeadm init` + each bare `kubeadm join`:
