@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.config import load_config
+from lab.config import LabConfig, load_config
 from lab.etcd import EtcdError
 from lab.libvirtd import PrivateLibvirtd
 from lab.ops.common import OpFailed, Progress, Session, owns
@@ -81,9 +81,8 @@ def seed_way_in_namespace(c: Cluster) -> list[str]:
     return failures
 
 
-async def seed_way(config: Path, budget: float) -> None:
+async def seed_way(cfg: LabConfig, budget: float) -> None:
     """Both joins at once, each the guide's loop; prints one FAILED line per failed attempt."""
-    cfg = load_config(config)
     deadline = time.monotonic() + budget
     async with Session(cfg, Progress()) as session:
 
@@ -132,11 +131,12 @@ def on_link(address: str) -> bool:
 
 def main(args: list[str]) -> int:
     if args[:1] == ["seed"]:  # the child of seed_way_in_namespace
-        cp1 = build_topology(load_config(Path(args[1]))).first.address
+        cfg = load_config(Path(args[1]))
+        cp1 = build_topology(cfg).first.address
         if not on_link(str(cp1)):
             print(f"seed: {cp1} is not on a link here: run in the lab's namespace", file=sys.stderr)
             return 2
-        asyncio.run(seed_way(Path(args[1]), float(args[2])))
+        asyncio.run(seed_way(cfg, float(args[2])))
         return 0
     with tempfile.TemporaryDirectory(prefix="labbench") as tmp:
         daemon = PrivateLibvirtd(Path(tmp) / "daemon", f"labbench{os.getpid()}")
