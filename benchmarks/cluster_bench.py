@@ -58,14 +58,15 @@ def lab_way(c: Cluster) -> None:
         print(f"lab: {' '.join(args)}: {time.monotonic() - began:.0f} s", flush=True)
 
 
-def seed_way_in_namespace(c: Cluster) -> list[str]:
+def seed_way_in_namespace(
+    netns: str, config: Path, budget: float, sleep: float = SEED_SLEEP
+) -> list[str]:
     """The seed's way, run by a child of this in the lab's network namespace: the guests'
     addresses exist only there (from here they would leave the host by its default route).
     Its lines are printed as they come; returns its failed attempts."""
-    budget = load_config(c.config).tuning.cp_join_retry_max_total_seconds
-    argv = [sys.executable, "-u", "-m", "benchmarks.cluster_bench", "seed", str(c.config)]
+    argv = [sys.executable, "-u", "-m", "benchmarks.cluster_bench", "seed", str(config)]
     child = subprocess.Popen(
-        ["ip", "netns", "exec", c.libvirtd.netns, *argv, str(budget)],
+        ["ip", "netns", "exec", netns, *argv, str(budget), str(sleep)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -81,8 +82,9 @@ def seed_way_in_namespace(c: Cluster) -> list[str]:
     return failures
 
 
-async def seed_way(cfg: LabConfig, budget: float) -> None:
-    """Both joins at once, each the guide's loop; prints one FAILED line per failed attempt."""
+async def seed_way(cfg: LabConfig, budget: float, sleep: float) -> None:
+    """Both joins at once, each the guide's loop (SLEEP between attempts: 60 s in the guide);
+    prints one FAILED line per failed attempt."""
     deadline = time.monotonic() + budget
     async with Session(cfg, Progress()) as session:
 
@@ -105,9 +107,9 @@ async def seed_way(cfg: LabConfig, budget: float) -> None:
                         await kubeadm_reset(session, node)
                     except (OpFailed, SshError) as reset_error:  # the guide goes on regardless
                         print(f"seed: {name}: reset failed: {reset_error}", flush=True)
-                    if time.monotonic() + SEED_SLEEP > deadline:
+                    if time.monotonic() + sleep > deadline:
                         break
-                    await asyncio.sleep(SEED_SLEEP)
+                    await asyncio.sleep(sleep)
             print(f"seed: {name} did not join", flush=True)
 
         await asyncio.gather(*(one(n) for n in JOINERS))
@@ -136,7 +138,7 @@ def main(args: list[str]) -> int:
         if not on_link(str(cp1)):
             print(f"seed: {cp1} is not on a link here: run in the lab's namespace", file=sys.stderr)
             return 2
-        asyncio.run(seed_way(cfg, float(args[2])))
+        asyncio.run(seed_way(cfg, float(args[2]), float(args[3])))
         return 0
     with tempfile.TemporaryDirectory(prefix="labbench") as tmp:
         daemon = PrivateLibvirtd(Path(tmp) / "daemon", f"labbench{os.getpid()}")
@@ -158,7 +160,8 @@ def main(args: list[str]) -> int:
                     if way == "lab":
                         lab_way(c)
                     else:
-                        failures = seed_way_in_namespace(c)
+                        budget = load_config(c.config).tuning.cp_join_retry_max_total_seconds
+                        failures = seed_way_in_namespace(c.libvirtd.netns, c.config, budget)
                     times[way] = time.monotonic() - began
                     voters, learners = c.voters_and_learners()
                     print(f"{way}: {times[way]:.0f} s; voters {voters}, learners {learners}")

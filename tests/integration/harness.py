@@ -513,11 +513,11 @@ class Harness:
         for mountpoint in map(Path, mountpoints):
             mountpoint.mkdir(parents=True, exist_ok=True)  # empty dirs the nodes mount over
         self.user_pub = ensure_user_key(self.key_path)
-        self._netns(self.bridge_ns)
+        self.add_namespace(self.bridge_ns)
         run(["ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", self.bridge_ns, "link", "set", "br0", "up"])
         for node in [self.host, *self.nodes.values()]:
-            self._netns(node.ns)
+            self.add_namespace(node.ns)
             port = f"v-{node.name}"
             run(
                 [
@@ -550,7 +550,8 @@ class Harness:
             node.start()
         self.write_config()
 
-    def _netns(self, ns: str) -> None:
+    def add_namespace(self, ns: str) -> None:
+        """A network namespace, deleted (and its processes killed) by `close()`."""
         run(["ip", "netns", "add", ns])
         self._namespaces.append(ns)
 

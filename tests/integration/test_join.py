@@ -19,6 +19,8 @@ import asyncssh
 import pytest
 import yaml
 
+from benchmarks.cluster_bench import seed_way_in_namespace
+
 from . import harness
 from .harness import Harness
 
@@ -514,3 +516,31 @@ def test_11_workers_join_together_one_change_per_worker(
     assert cleanup.wait(timeout=120) == 0, cleanup.output
     nodes = json.loads(ok(lab.lab("kubectl", "get", "nodes", "-o", "json")))["items"]
     assert {n["metadata"]["name"] for n in nodes} == {"cp1", "worker1", "worker2"}
+
+
+def test_12_bench_clusters_seed_way_joins_and_runs_only_where_the_guests_are_on_a_link(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """`make bench-cluster`'s seed way (the guide's strategy: cp2 and cp3 at once, reset and
+    retry) ends at 3 voters and no learner. Where cp1 is reached through a gateway (as from the
+    host's namespace, by its default route) it refuses before sending anything."""
+    lab = started(make_harness())
+    failures = seed_way_in_namespace(lab.host.ns, lab.config_path, budget=200, sleep=2)
+    assert lab.voters() == list(CPS) and not lab.learners(), failures
+    assert all(f.startswith(("cp2 attempt", "cp3 attempt")) for f in failures), failures
+
+    routed = f"{lab.run_id}-gw"
+    lab.add_namespace(routed)
+    for step in (
+        "sysctl -qw net.ipv6.conf.default.disable_ipv6=1",
+        "ip link add gw0 type veth peer name gw1",
+        "ip addr add 192.0.2.1/24 dev gw0",
+        "ip link set gw0 up",
+        "ip link set gw1 up",
+        "ip route add default via 192.0.2.254",
+    ):
+        harness.run(["ip", "netns", "exec", routed, *step.split()])
+    sent = ["ip", "netns", "exec", routed, "cat", "/sys/class/net/gw0/statistics/tx_packets"]
+    with pytest.raises(RuntimeError, match="exit 2"):
+        seed_way_in_namespace(routed, lab.config_path, budget=200, sleep=2)
+    assert harness.run(sent).stdout.strip() == "0"
