@@ -37,6 +37,11 @@ class Node:
         return self.role == "control-plane"
 
 
+def machine_name(cfg: LabConfig, node: Node) -> str:
+    """The node's libvirt domain (its volumes are named after it)."""
+    return f"{cfg.cluster.name}-{node.name}"
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the chain; `after` names the steps it waits for, `node` the machine it needs,

@@ -10,7 +10,7 @@ import pulumi_libvirt as libvirt
 
 from lab.config import LabConfig
 from lab.render.domain import DOMAIN_XSLT
-from lab.topology import Node, Topology
+from lab.topology import Node, Topology, machine_name
 
 GIB = 1024**3
 
@@ -81,7 +81,7 @@ class Machine(pulumi.ComponentResource):
     ):
         super().__init__("lab:libvirt:Machine", node.name, None, opts)
         child = fixed_name(self)
-        name = f"{cfg.cluster.name}-{node.name}"
+        name = machine_name(cfg, node)
         self.disk = libvirt.Volume(
             f"{node.name}-disk",
             name=f"{name}.qcow2",

@@ -15,7 +15,7 @@ from pathlib import Path
 from lab.ops.common import OpFailed, Session
 from lab.render.kubeadm import JOIN_PATH, emulated_patches, join_configuration
 from lab.ssh import SshError
-from lab.topology import Node
+from lab.topology import Node, machine_name
 
 KUBECONFIG = "/etc/kubernetes/admin.conf"
 # Seconds a TCP connect may take before the path counts as filtered, scaled by the session's
@@ -108,8 +108,14 @@ async def wait_until_reachable(session: Session, node: Node, max_wait: float) ->
             await sh.connect()
             break
         except SshError as e:
-            if e.kind != "unreachable" or time.monotonic() + 1 > deadline:
+            if e.kind != "unreachable":
                 raise OpFailed(str(e)) from None
+            if time.monotonic() + 1 > deadline:
+                machine = machine_name(session.cfg, node)
+                raise OpFailed(
+                    f"{e}; none for {max_wait:.0f}s: is its machine {machine} running and"
+                    " booted? (README, Diagnosing: a machine that never answers)"
+                ) from None
             await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     left = max(5.0, deadline - time.monotonic())
     r = await sh.run(
