@@ -45,8 +45,11 @@ up: venv image engine
 	$(LAB) preflight --stack $(STACK)
 	$(IN_LAB) scripts/pulumi up --yes --stack $(STACK)
 
-preview: venv
-	$(LAB) preflight --stack $(STACK)
+# What `make up` does before its `pulumi up`, then the preview (the node image is not needed).
+preview: venv engine
+	scripts/apt-ensure $(LIBVIRT_DEBS)
+	$(LAB) libvirtd start --stack $(STACK)
+	$(LAB) preflight --preview --stack $(STACK)
 	$(IN_LAB) scripts/pulumi preview --stack $(STACK)
 
 down: venv
@@ -65,14 +68,15 @@ verify: venv
 engine:
 	engine/build.sh
 
-# The node image, offline: Debian's packages + Kubernetes built from Go modules (image/README.md).
-image:
+# The node image of kubernetes.version (or VERSION=1.36.3), offline: Debian's packages + Kubernetes
+# built from Go modules (image/README.md); cached by its stamps outside the clone.
+image: venv
 	scripts/apt-ensure $(IMAGE_DEBS)
-	image/build.sh
+	image/build.sh $(or $(VERSION),$$($(LAB) version --short --stack $(STACK)))
 
 image-check: image
 	scripts/apt-ensure qemu-system-x86 genisoimage
-	image/check.sh
+	image/check.sh $(or $(VERSION),$$($(LAB) version --short --stack $(STACK)))
 
 # --- tests ---------------------------------------------------------------------------------
 lint: venv
@@ -98,16 +102,21 @@ test-engine: venv engine
 	scripts/apt-ensure $(LIBVIRT_DEBS) $(INTEGRATION_DEBS)
 	$(PY) -m pytest tests/engine
 
-# A real cluster (1 control plane + 1 worker) from the node image, under software emulation:
-# about 20-35 min on a 2-core host (README, Tests).
+# The e2e tiers make a cluster of LAB_UPGRADE_FROM, then upgrade it in place to kubernetes.version.
+export LAB_UPGRADE_FROM := 1.36.3
+
+# A real cluster (1 control plane + 1 worker) from the node image, under software emulation,
+# upgraded with a workload serving: about 20-35 min on a 2-core host (README, Tests).
 test-e2e: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
+	$(MAKE) image VERSION=$(LAB_UPGRADE_FROM)
 	$(PY) -m pytest -s tests/e2e/test_cluster.py
 
 # The HA cluster (3 control planes behind the VIP + 1 worker), failover, scaling and a partition:
 # over an hour on a 2-core host, so by hand, not in `make test` (README, Tests).
 e2e-ha: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
+	$(MAKE) image VERSION=$(LAB_UPGRADE_FROM)
 	$(PY) -m pytest -s tests/e2e/test_ha.py
 
 # Speed figures live here, not in tests: lab join vs the seed's strategy, diagnose in parallel.

@@ -35,7 +35,7 @@ from lab.ops.common import OpFailed, Progress, Session, owns
 from lab.ops.node import fetch_credentials, kubeadm_join, kubeadm_reset, write_join_config
 from lab.ssh import SshError
 from lab.topology import Node, build_topology
-from tests.e2e.cluster import ROOT, UP_TIMEOUT, Cluster, cluster_on
+from tests.e2e.cluster import ROOT, UP_TIMEOUT, UPGRADE_TO, Cluster, cluster_on
 from tests.engine.conftest import Libvirtd
 
 CIDR = "10.42.0.0/24"
@@ -145,7 +145,7 @@ def main(args: list[str]) -> int:
         daemon.start()
         try:
             libvirtd = Libvirtd(daemon.netns, daemon.uri, Path(tmp))
-            with cluster_on(libvirtd, Path(tmp) / "cluster", CIDR, 3, 1) as c:
+            with cluster_on(libvirtd, Path(tmp) / "cluster", CIDR, 3, 1, UPGRADE_TO) as c:
                 table = dict(c.up_with_table("up"))
                 gates = sum(s for label, s in table.items() if label.endswith("-gate"))
                 total = table["total (pulumi up)"]

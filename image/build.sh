@@ -1,113 +1,95 @@
 #!/usr/bin/env bash
-# Build the lab's node image offline, from Debian's packages and Go modules only:
-#   1. binaries   kubeadm, kubelet, kubectl, the control-plane servers, kube-proxy, etcd,
-#                 CoreDNS, pause, flanneld and flannel's CNI plugin, from the wrapper modules in
-#                 image/go (committed go.sum)
-#   2. archives   a docker archive per container image, tagged as kubeadm expects them
-#   3. rootfs     Debian 13 (mmdebstrap): containerd, runc, CNI plugins, cloud-init, sshd, the
-#                 kubelet unit, modules and sysctls kubeadm's preflight wants, our binaries
-#   4. disk       a bootable disk (extlinux), the archives imported into containerd's store at
-#                 build time (a node pulls and imports nothing), as qcow2 + manifest.json
-# Output: .lab/images/k8s-node-v$KUBERNETES.qcow2, manifest.json, and vmlinuz (its kernel).
-# Each stage has a stamp (the hash of its inputs): a second run with nothing changed skips all.
+# Build the lab's node image of one Kubernetes release offline, from Debian's packages and Go
+# modules only (image/README.md):
+#   1. rootfs     Debian 13 (mmdebstrap): containerd, runc, CNI plugins, cloud-init, sshd, the
+#                 kubelet unit, modules and sysctls kubeadm's preflight wants (one for every release)
+#   2. binaries   kubeadm, kubelet, kubectl, the control-plane servers, kube-proxy, etcd, CoreDNS,
+#                 pause, flanneld and flannel's CNI plugin, from image/go (a pinned modfile per
+#                 version, go/pin.sh), at the versions image/versions.tsv gives the release
+#   3. archives   a docker archive per container image, tagged as the lab tells kubeadm
+#   4. disk       the rootfs + this release's binaries, the archives imported into containerd's
+#                 store (a node pulls nothing), as a bootable qcow2
+# Output, in the cache (LAB_IMAGE_CACHE, default ~/.cache/k8s-libvirt-lab/images), then linked
+# into this clone's .lab/images/:
+#   k8s-node-v<K>.qcow2   the image
+#   k8s-node-v<K>.json    its manifest: digests, versions, the images in containerd's store
+#   k8s-node-v<K>/        what an in-place upgrade to <K> copies to a node: bin/ and archives/
+#   vmlinuz               the kernel (every release's is the same Debian one)
+# Each stage has a stamp (the hash of its inputs) in the cache: a second run, from this clone or
+# another on the same host, skips every stage whose inputs are unchanged.
 #
-# Usage: image/build.sh        (root: mmdebstrap, loop devices, chroot)
+# Usage: image/build.sh [KUBERNETES_VERSION]   (root: mmdebstrap, loop devices, chroot)
+#        default: the newest release of image/versions.tsv
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 src=$root/image
+cache=${LAB_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-libvirt-lab/images}
 out=$root/.lab/images
-work=$out/build
-bin=$work/bin
+say() { echo "image: $*"; }
 
-# Versions: Kubernetes from the wrapper module; the rest as kubeadm v1.34 expects them
-# (cmd/kubeadm/app/constants).
-# required DIR MODULE: the version image/go/DIR/go.mod requires of MODULE.
-required() { awk -v m="$2" '($1 == "require" && $2 == m) || $1 == m {print ($1 == m ? $2 : $3)}' "$src/go/$1/go.mod"; }
-kubernetes=$(required kubernetes k8s.io/kubernetes)
-flannel=$(required flannel github.com/flannel-io/flannel)
-[ -n "$kubernetes" ] && [ -n "$flannel" ] || { echo "image: no version in image/go/*/go.mod" >&2; exit 1; }
-etcd_tag=3.6.5-0
-coredns_tag=v1.12.1
-pause_tag=3.10.1
+releases=$(grep -v '^#' "$src/versions.tsv" | cut -f1 | sort -V)
+version=${1:-$(tail -n1 <<<"$releases")}
+row=$(awk -F'\t' -v v="$version" '$1 == v' "$src/versions.tsv")
+if [ -z "$row" ]; then
+  echo "image: Kubernetes $version is not a release the image builds; these are:" \
+    $releases "(image/versions.tsv)" >&2
+  exit 2
+fi
+IFS=$'\t' read -r _ etcd coredns pause_tag _ <<<"$row"
+kubernetes=v$version
+etcd_tag=$etcd-0
+coredns_tag=$coredns
+flannel=$(awk -v m=github.com/flannel-io/flannel '($1 == "require" && $2 == m) {print $3} $1 == m {print $2}' \
+  "$src/go/flannel/go.mod")
+[ -n "$flannel" ] || { echo "image: no flannel version in image/go/flannel/go.mod" >&2; exit 1; }
 suite=trixie
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-image=$out/k8s-node-$kubernetes.qcow2
+common=$cache/build/common
+work=$cache/build/$kubernetes
+bin=$work/bin
+name=k8s-node-$kubernetes
+image=$cache/$name.qcow2
 
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   PATH=$PATH:/usr/local/go/bin
 fi
-export GOFLAGS="-mod=readonly -trimpath" GOTOOLCHAIN=local CGO_ENABLED=0
-mkdir -p "$bin" "$work/stamps" "$work/archives"
+# GOTOOLCHAIN=auto: a release whose modules need a newer Go than this machine's has Go fetch that
+# toolchain through the module proxy, as Go documents (e.g. go1.27.3); others build with the local.
+export GOFLAGS="-mod=readonly -trimpath" GOTOOLCHAIN=auto CGO_ENABLED=0
+mkdir -p "$common/stamps" "$work/stamps" "$bin" "$work/archives" "$out"
+# One build at a time in this cache (two clones may share it).
+exec 9>"$cache/.lock"
+flock 9
 
-say() { echo "image: $*"; }
 # No documentation, manual pages or translations in the image.
 slim=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
   --dpkgopt='path-exclude=/usr/share/locale/*')
 
-# inputs_hash PATH...: what decides a stage (files under the paths, and the versions).
+# inputs_hash WORDS -- PATH...: what decides a stage: the words (versions) and the files under the paths.
 inputs_hash() {
-  { find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-    echo "$kubernetes $etcd_tag $coredns_tag $pause_tag $flannel $suite"; } | sha256sum | cut -d' ' -f1
+  local words=()
+  while [ "$1" != -- ]; do words+=("$1"); shift; done
+  shift
+  { echo "${words[*]}"; find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | cut -d' ' -f1; } |
+    sha256sum | cut -d' ' -f1
 }
 
-# stage NAME FUNCTION INPUT...: run FUNCTION unless its stamp matches the inputs' hash.
+# stage DIR NAME FUNCTION WORDS -- INPUT...: run FUNCTION unless DIR's stamp matches the inputs' hash.
 stage() {
-  local name=$1 fn=$2 hash start
-  shift 2
+  local dir=$1 stamp=$2 fn=$3 hash start
+  shift 3
   hash=$(inputs_hash "$@")
-  if [ "$(cat "$work/stamps/$name" 2>/dev/null)" = "$hash" ]; then
-    say "$name up to date"
+  if [ "$(cat "$dir/stamps/$stamp" 2>/dev/null)" = "$hash" ]; then
+    say "$kubernetes $stamp up to date"
     return
   fi
-  say "$name ..."
+  say "$kubernetes $stamp ..."
   start=$SECONDS
-  rm -f "$work/stamps/$name"
+  rm -f "$dir/stamps/$stamp"
   "$fn"
-  echo "$hash" >"$work/stamps/$name"
-  say "$name done in $((SECONDS - start))s"
-}
-
-build_binaries() {
-  local v=${kubernetes#v} k8s_flags=
-  local major=${v%%.*} minor=${v#*.}
-  minor=${minor%%.*}
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    k8s_flags+=" -X $pkg.gitVersion=$kubernetes -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    k8s_flags+=" -X $pkg.gitTreeState=clean"
-  done
-  (cd "$src/go/kubernetes" && go build -ldflags "-s -w$k8s_flags" -o "$bin/" \
-    k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy)
-  (cd "$src/go/etcd" && go build -ldflags "-s -w" -o "$bin/etcd" .)
-  (cd "$src/go/coredns" && go build -ldflags "-s -w" -o "$bin/coredns" github.com/coredns/coredns)
-  (cd "$src/go/pause" && go build -ldflags "-s -w" -o "$bin/pause" .)
-  (cd "$src/go/flannel" && go build -ldflags "-s -w" -o "$bin/flanneld" .)
-  (cd "$src/go/cni" && go build -ldflags "-s -w" -o "$bin/cni-flannel" \
-    github.com/containernetworking/plugins/plugins/meta/flannel)
-}
-
-# kube-proxy and flanneld call iptables/nft, conntrack and ipset: their images have a small Debian
-# root under the binary. flanneld's image is ours (localhost/...): pods run it with pullPolicy Never.
-build_archives() {
-  local a=$work/archives r=registry.k8s.io
-  mmdebstrap --variant=essential --include=iptables,nftables,conntrack,ipset,kmod \
-    "${slim[@]}" "$suite" "$work/proxy-root.tar" "$mirror"
-  local server
-  for server in kube-apiserver kube-controller-manager kube-scheduler; do
-    python3 "$src/archive.py" "$a/$server.tar" "$r/$server:$kubernetes" \
-      --file "/usr/local/bin/$server=$bin/$server"
-  done
-  python3 "$src/archive.py" "$a/kube-proxy.tar" "$r/kube-proxy:$kubernetes" \
-    --base "$work/proxy-root.tar" --file "/usr/local/bin/kube-proxy=$bin/kube-proxy"
-  python3 "$src/archive.py" "$a/flanneld.tar" "localhost/k8s-libvirt-lab/flanneld:$flannel" \
-    --base "$work/proxy-root.tar" --file "/usr/local/bin/flanneld=$bin/flanneld"
-  python3 "$src/archive.py" "$a/etcd.tar" "$r/etcd:$etcd_tag" --file "/usr/local/bin/etcd=$bin/etcd"
-  python3 "$src/archive.py" "$a/coredns.tar" "$r/coredns/coredns:$coredns_tag" \
-    --entrypoint /coredns --file "/coredns=$bin/coredns"
-  python3 "$src/archive.py" "$a/pause.tar" "$r/pause:$pause_tag" \
-    --entrypoint /pause --file "/pause=$bin/pause"
+  echo "$hash" >"$dir/stamps/$stamp"
+  say "$kubernetes $stamp done in $((SECONDS - start))s"
 }
 
 packages=(
@@ -117,17 +99,66 @@ packages=(
   cloud-guest-utils
 )
 
+# Every release's root: nothing in it depends on the Kubernetes version (the disk stage adds it).
 build_rootfs() {
   local packed
   packed=$(IFS=,; echo "${packages[*]}")
   mmdebstrap --variant=important --include="$packed" "${slim[@]}" \
     --customize-hook="tar -C '$src/rootfs' -c . | tar -C \"\$1\" -x --no-same-owner" \
-    --customize-hook="install -m 0755 '$bin/kubeadm' '$bin/kubelet' '$bin/kubectl' \"\$1/usr/bin/\"" \
-    --customize-hook="install -m 0755 '$bin/cni-flannel' \"\$1/usr/lib/cni/flannel\"" \
     --customize-hook='chroot "$1" systemctl enable kubelet.service containerd.service' \
     --customize-hook='mkdir -p "$1/etc/containerd" && chroot "$1" containerd config default >"$1/etc/containerd/config.toml"' \
-    --customize-hook="sed -i -e 's/SystemdCgroup = false/SystemdCgroup = true/' -e 's#sandbox_image = .*#sandbox_image = \"registry.k8s.io/pause:$pause_tag\"#' \"\$1/etc/containerd/config.toml\"" \
-    "$suite" "$work/rootfs.tar" "$mirror"
+    --customize-hook="sed -i 's/SystemdCgroup = false/SystemdCgroup = true/' \"\$1/etc/containerd/config.toml\"" \
+    "$suite" "$common/rootfs.tar" "$mirror"
+  # kube-proxy's and flanneld's images: a small Debian root under the binary (iptables, nft,
+  # conntrack, ipset), the same for every release.
+  mmdebstrap --variant=essential --include=iptables,nftables,conntrack,ipset,kmod \
+    "${slim[@]}" "$suite" "$common/proxy-root.tar" "$mirror"
+}
+
+# go_build DIR MODFILE OUT PACKAGE...: build in image/go/DIR against its pinned MODFILE.
+go_build() {
+  local dir=$1 modfile=$2 target=$3
+  shift 3
+  (cd "$src/go/$dir" && go build ${modfile:+-modfile="$modfile"} -ldflags "-s -w${ldflags:-}" -o "$target" "$@")
+}
+
+build_binaries() {
+  local v=${kubernetes#v} ldflags=
+  local major=${v%%.*} minor=${v#*.}
+  minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$kubernetes -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean"
+  done
+  ldflags=$ldflags go_build kubernetes "$kubernetes.mod" "$bin/" \
+    k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy
+  go_build etcd "v$etcd.mod" "$bin/etcd" .
+  go_build coredns "$coredns.mod" "$bin/coredns" github.com/coredns/coredns
+  go_build pause "" "$bin/pause" .
+  go_build flannel "" "$bin/flanneld" .
+  go_build cni "" "$bin/cni-flannel" github.com/containernetworking/plugins/plugins/meta/flannel
+}
+
+# One docker archive per image, tagged as the lab's kubeadm configuration names them. flanneld's
+# image is ours (localhost/...): pods run it with pullPolicy Never.
+build_archives() {
+  local a=$work/archives r=registry.k8s.io server
+  rm -f "$a"/*.tar
+  for server in kube-apiserver kube-controller-manager kube-scheduler; do
+    python3 "$src/archive.py" "$a/$server.tar" "$r/$server:$kubernetes" \
+      --file "/usr/local/bin/$server=$bin/$server"
+  done
+  python3 "$src/archive.py" "$a/kube-proxy.tar" "$r/kube-proxy:$kubernetes" \
+    --base "$common/proxy-root.tar" --file "/usr/local/bin/kube-proxy=$bin/kube-proxy"
+  python3 "$src/archive.py" "$a/flanneld.tar" "localhost/k8s-libvirt-lab/flanneld:$flannel" \
+    --base "$common/proxy-root.tar" --file "/usr/local/bin/flanneld=$bin/flanneld"
+  python3 "$src/archive.py" "$a/etcd.tar" "$r/etcd:$etcd_tag" --file "/usr/local/bin/etcd=$bin/etcd"
+  python3 "$src/archive.py" "$a/coredns.tar" "$r/coredns/coredns:$coredns_tag" \
+    --entrypoint /coredns --file "/coredns=$bin/coredns"
+  python3 "$src/archive.py" "$a/pause.tar" "$r/pause:$pause_tag" \
+    --entrypoint /pause --file "/pause=$bin/pause"
 }
 
 # On any exit: stop the build's containerd, unmount, free the loop device.
@@ -151,7 +182,13 @@ build_disk() {
   trap cleanup_disk EXIT
   mkfs.ext4 -q -L root "$loop"
   mount "$loop" "$mnt"
-  tar -C "$mnt" -xpf "$work/rootfs.tar"
+  tar -C "$mnt" -xpf "$common/rootfs.tar"
+  # This release: its kubeadm, kubelet and kubectl, flannel's CNI plugin, the pause image
+  # containerd's sandboxes use.
+  install -m 0755 "$bin/kubeadm" "$bin/kubelet" "$bin/kubectl" "$mnt/usr/bin/"
+  install -m 0755 "$bin/cni-flannel" "$mnt/usr/lib/cni/flannel"
+  sed -i "s#sandbox_image = .*#sandbox_image = \"registry.k8s.io/pause:$pause_tag\"#" \
+    "$mnt/etc/containerd/config.toml"
   for m in dev dev/pts proc sys run; do mount --bind "/$m" "$mnt/$m"; done
   # containerd of the image itself, in a chroot, imports every archive into its store.
   mkdir -p "$mnt$sock" "$mnt/tmp/archives"
@@ -181,7 +218,7 @@ LABEL debian
 EOF
   extlinux --install "$mnt/boot/extlinux" >/dev/null
   # The kernel, also beside the image: `libvirt.domain_type: auto` boots it under KVM to probe.
-  cp "$(ls "$mnt"/boot/vmlinuz-* | head -n1)" "$out/vmlinuz"
+  cp "$(ls "$mnt"/boot/vmlinuz-* | head -n1)" "$cache/vmlinuz"
   echo "LABEL=root / ext4 defaults 0 1" >"$mnt/etc/fstab"
   umount "$mnt"
   losetup -d "$loop" && loop=
@@ -189,25 +226,42 @@ EOF
   qemu-img convert -c -O qcow2 "$raw" "$image.tmp" && mv "$image.tmp" "$image"
   rm -f "$raw"
   write_manifest
+  # What an in-place upgrade to this release copies to a node (lab/ops/upgrade.py).
+  rm -rf "$cache/$name" && mkdir -p "$cache/$name/bin"
+  cp "$bin/kubeadm" "$bin/kubelet" "$bin/kubectl" "$cache/$name/bin/"
+  cp -r "$work/archives" "$cache/$name/archives"
 }
 
 write_manifest() {
-  python3 - "$out/manifest.json" "$image" "$work/archives" "$work/images.txt" <<'EOF'
+  python3 - "$cache/$name.json" "$image" "$work/archives" "$work/images.txt" "$version" \
+    "$etcd_tag" "$coredns_tag" "$pause_tag" <<'EOF'
 import hashlib, json, pathlib, sys
-out, image, archives, imported = map(pathlib.Path, sys.argv[1:])
+out, image, archives, imported = map(pathlib.Path, sys.argv[1:5])
+kubernetes, etcd, coredns, pause = sys.argv[5:]
 def digest(p): return "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
 json.dump({
     "image": image.name,
     "digest": digest(image),
+    "versions": {"kubernetes": kubernetes, "etcd": etcd, "coredns": coredns, "pause": pause},
     "archives": {a.name: digest(a) for a in sorted(archives.glob("*.tar"))},
     "containerd_images": imported.read_text().split(),
 }, out.open("w"), indent=2)
 EOF
 }
 
-stage binaries build_binaries "$src/go"
-stage archives build_archives "$src/archive.py" "$work/stamps/binaries"
-stage rootfs build_rootfs "$src/rootfs" "$src/build.sh" "$work/stamps/binaries"
-[ -f "$image" ] || rm -f "$work/stamps/disk"
-stage disk build_disk "$work/stamps/rootfs" "$work/stamps/archives"
-say "$image ($(du -h "$image" | cut -f1))"
+go_inputs=("$src/go/kubernetes/$kubernetes".* "$src/go/kubernetes/tools.go" "$src/go/etcd/v$etcd".*
+  "$src/go/etcd/main.go" "$src/go/coredns/$coredns".* "$src/go/coredns/tools.go" "$src/go/pause"
+  "$src/go/flannel" "$src/go/cni")
+stage "$common" rootfs build_rootfs "$suite" "${packages[@]}" -- "$src/rootfs" "$src/build.sh"
+stage "$work" binaries build_binaries "$kubernetes $etcd $coredns" -- "${go_inputs[@]}"
+stage "$work" archives build_archives "$etcd_tag $coredns_tag $pause_tag $flannel" -- \
+  "$src/archive.py" "$work/stamps/binaries" "$common/stamps/rootfs"
+[ -f "$image" ] && [ -d "$cache/$name" ] || rm -f "$work/stamps/disk"
+stage "$work" disk build_disk "$pause_tag" -- "$common/stamps/rootfs" "$work/stamps/archives"
+
+# This clone's .lab/images: hard links into the cache where they share a file system, else copies.
+for f in "$name.qcow2" "$name.json" "$name" vmlinuz; do
+  rm -rf "${out:?}/$f"
+  cp -al "$cache/$f" "$out/$f" 2>/dev/null || cp -a "$cache/$f" "$out/$f"
+done
+say "$out/$name.qcow2 ($(du -h "$image" | cut -f1)); releases built: $(ls "$cache" | sed -n 's/^k8s-node-v\(.*\)\.qcow2$/\1/p' | tr '\n' ' ')"

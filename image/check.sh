@@ -2,12 +2,14 @@
 # Boot the built node image once under software emulation (no NIC: nothing leaves the machine)
 # with a NoCloud seed that prints what a kubeadm node needs, then powers off; fail unless it is all
 # there. `make image-check`; about 2 min here.
+# Usage: image/check.sh KUBERNETES_VERSION
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-image=$(ls "$root"/.lab/images/k8s-node-*.qcow2 2>/dev/null | head -n1)
-[ -n "$image" ] || { echo "image/check.sh: no image in .lab/images; run make image" >&2; exit 1; }
-version=$(basename "$image" .qcow2)
-version=${version#k8s-node-}
+version=v${1:?usage: image/check.sh KUBERNETES_VERSION}
+image=$root/.lab/images/k8s-node-$version.qcow2
+[ -f "$image" ] || { echo "image/check.sh: no $image; run make image VERSION=${version#v}" >&2; exit 1; }
+images=$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["containerd_images"]))' \
+  "${image%.qcow2}.json")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/user-data" <<'CLOUD'
@@ -23,7 +25,7 @@ start=$SECONDS
 timeout 600 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -m 2048 -nographic -no-reboot \
   -drive file="$tmp/disk.qcow2",if=virtio -cdrom "$tmp/seed.iso" -nic none >"$tmp/console.log" 2>&1 || true
 line=$(grep -a -o 'CHECK .*' "$tmp/console.log" | tr -d '\r' | head -n1)
-want="CHECK kubeadm=$version containerd=active images=7 br_netfilter=1 forwarding=1"
+want="CHECK kubeadm=$version containerd=active images=$images br_netfilter=1 forwarding=1"
 if [ "$line" != "$want" ]; then
   echo "image/check.sh: $image did not boot as a kubeadm node; got '${line:-nothing}', want '$want'" >&2
   tail -n 30 "$tmp/console.log" >&2

@@ -15,7 +15,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.config import DEFAULT_CONFIG, ConfigError, LabConfig, load_config, stack_overrides
+from lab import releases
+from lab.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    LabConfig,
+    load_config,
+    stack_config_path,
+    stack_overrides,
+)
 from lab.topology import Node, build_topology, chain_plan
 
 if TYPE_CHECKING:
@@ -26,6 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
     """Print the join order from the config alone: no libvirt, no Pulumi engine."""
+    if why := releases.change_refusal(cfg.state_dir, cfg.kubernetes.version):
+        raise ConfigError(why)
     topo = build_topology(cfg)
     steps = chain_plan(cfg)
     if not steps and args.format == "text":
@@ -55,14 +65,14 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
             print(f'  {s.name}["{s.name}"]')
             for before in s.after:
                 print(f"  {before} --> {s.name}")
-            if s.node:
+            if s.makes_machine:
                 print(f"  {s.node}-machine --> {s.name}")
             for before in s.boot_after:
                 print(f"  {before} --> {s.node}-machine")
     else:
         for i, s in enumerate(steps, 1):
             what = " ".join(("lab", *s.lab_args))
-            after = [*s.after, *([f"{s.node} machine"] if s.node else [])]
+            after = [*s.after, *([f"{s.node} machine"] if s.makes_machine else [])]
             boots = f" (boots after {', '.join(s.boot_after)})" if s.boot_after else ""
             print(f"{i:2}. {s.name:<16} {what:<28} after: {', '.join(after)}{boots}")
     return EXIT_OK
@@ -71,15 +81,22 @@ def cmd_plan(cfg: LabConfig, args: argparse.Namespace) -> int:
 def cmd_preflight(cfg: LabConfig, args: argparse.Namespace) -> int:
     """Check this host before `pulumi up`: libvirt, the ISO tool, and KVM or emulation."""
     from lab.domain_type import choose
-    from lab.preflight import host_problems
+    from lab.preflight import IMAGE_BUILD_TIME, host_problems, image_missing
 
     print(f"preflight: {choose(cfg)}")
-    problems = host_problems(cfg)
+    problems = host_problems(cfg, image=not args.preview)
     for p in problems:
         print(f"lab: {p}", file=sys.stderr)
-    if not problems:
+    if problems:
+        return EXIT_FAILED
+    if args.preview and (missing := image_missing(cfg)):
+        print(
+            f"preflight: libvirt and genisoimage are ready; the node image {missing} is not built"
+            f" yet: a preview does not need it, `make up` builds it first ({IMAGE_BUILD_TIME})"
+        )
+    else:
         print("preflight: libvirt, the node image and genisoimage are ready")
-    return EXIT_FAILED if problems else EXIT_OK
+    return EXIT_OK
 
 
 Command = Callable[[LabConfig, argparse.Namespace], int]
@@ -127,7 +144,8 @@ def cmd_gate(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.gate import gate
 
     async def body(session: Session) -> int:
-        result = await gate(session, args.voters, args.timeout)
+        voters = args.voters or len(session.topo.control_planes)
+        result = await gate(session, voters, args.timeout)
         if result.ok:
             return EXIT_OK
         print(f"gate failed after {result.elapsed:.1f}s ({result.polls} polls):", file=sys.stderr)
@@ -217,11 +235,45 @@ def cmd_leave(cfg: LabConfig, args: argparse.Namespace) -> int:
 def cmd_init(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.init import init
 
+    if args.forget:  # the chain's delete: the cluster is gone with its machines
+        releases.record(cfg.state_dir, None)
+        return EXIT_OK
+
     async def body(session: Session) -> int:
         await init(session)
+        releases.record(cfg.state_dir, cfg.kubernetes.version)
         return EXIT_OK
 
     return _operate(cfg, body, changes_members="init")
+
+
+def cmd_upgrade(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.upgrade import upgrade
+
+    node = build_topology(cfg).node(args.node)
+
+    async def body(session: Session) -> int:
+        await upgrade(session, node.name)
+        return EXIT_OK
+
+    return _operate(cfg, body, changes_members=f"upgrade {node.name}", of=node)
+
+
+def cmd_version(cfg: LabConfig, args: argparse.Namespace) -> int:
+    """The configured version, the cluster's, and the releases the image builds (and has built)."""
+    version = cfg.kubernetes.version
+    if args.short:
+        print(version)
+        return EXIT_OK
+    built = [v for v in releases.releases() if releases.image_path(v).is_file()]
+    print(f"kubernetes.version  {version} ({args.config})")
+    print(f"cluster             {releases.recorded(cfg.state_dir) or 'none (not initialised)'}")
+    print(f"images built        {', '.join(built) or 'none'} ({releases.IMAGES})")
+    print(f"releases            {', '.join(releases.releases())} (image/versions.tsv)")
+    if why := releases.change_refusal(cfg.state_dir, version):
+        print(f"lab: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def cmd_ssh(cfg: LabConfig, args: argparse.Namespace) -> int:
@@ -311,9 +363,23 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser("init", parents=[common], help="kubeadm init on cp1, then the CNI")
+    i.add_argument(
+        "--forget", action="store_true", help="forget the cluster's version (pulumi destroy)"
+    )
     i.set_defaults(func=cmd_init)
+    u = sub.add_parser(
+        "upgrade",
+        parents=[common],
+        help="upgrade a node to kubernetes.version (cp1 first, then each control plane, workers)",
+    )
+    u.add_argument("node", help="the node to upgrade, e.g. cp1 (a no-op if it is at the version)")
+    u.set_defaults(func=cmd_upgrade)
     g = sub.add_parser("gate", parents=[common], help="wait until etcd is stable with N voters")
-    g.add_argument("--voters", type=_positive(int), required=True, help="expected voting members")
+    g.add_argument(
+        "--voters",
+        type=_positive(int),
+        help="expected voting members (default: every control plane of the config)",
+    )
     g.add_argument(
         "--timeout",
         type=_positive(float),
@@ -367,7 +433,11 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     """One subcommand per operation; each takes --config (default config/cluster.yaml)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="cluster.yaml to read")
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="cluster.yaml to read (default: the --stack's lab:config, else config/cluster.yaml)",
+    )
     common.add_argument(
         "--stack", help="also apply the lab:* overrides of Pulumi.<STACK>.yaml, as pulumi up does"
     )
@@ -377,7 +447,15 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
     plan.set_defaults(func=cmd_plan)
     pre = sub.add_parser("preflight", parents=[common], help="check this host before pulumi up")
+    pre.add_argument(
+        "--preview", action="store_true", help="for pulumi preview: the node image may be missing"
+    )
     pre.set_defaults(func=cmd_preflight)
+    ver = sub.add_parser(
+        "version", parents=[common], help="the configured, running and built Kubernetes versions"
+    )
+    ver.add_argument("--short", action="store_true", help="only kubernetes.version (for make)")
+    ver.set_defaults(func=cmd_version)
     _add_operations(sub, common)
     return p
 
@@ -396,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command = argv[split + 1 :]
     try:
         overrides = stack_overrides(args.stack) if args.stack else None
+        if args.config is None:  # as `pulumi up` of that stack reads it
+            args.config = (stack_config_path(args.stack) if args.stack else None) or DEFAULT_CONFIG
         cfg = load_config(args.config, overrides)
         if args.func is not cmd_libvirtd:
             # Where the lab runs its own libvirtd, its guests answer only inside its namespace.

@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from lab import releases
+
 DEFAULT_CONFIG = Path("config/cluster.yaml")
-# The Kubernetes version the lab's node image builds (image/go/kubernetes/go.mod).
-IMAGE_KUBERNETES = "1.34.4"
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 DNS_NAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -186,11 +186,13 @@ class Endpoint(Strict):
 
 class Kubernetes(Strict):
     enabled: bool = True
-    version: str = IMAGE_KUBERNETES
+    version: str = Field(default_factory=releases.newest)
     pod_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.244.0.0/16")
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/12")
     cni: Literal["flannel", "none"] = "flannel"
     control_plane_endpoint: Endpoint = Endpoint()
+    # An upgrade drains and upgrades this many workers at a time (control planes: always one).
+    upgrade_workers_at_once: int = Field(1, ge=1, le=50)
 
     @field_validator("pod_cidr")
     @classmethod
@@ -327,12 +329,12 @@ class LabConfig(Strict):
 
     @model_validator(mode="after")
     def _image_builds_version(self) -> LabConfig:
-        version = self.kubernetes.version
-        if self.image.source is None and version != IMAGE_KUBERNETES:
+        version, built = self.kubernetes.version, releases.releases()
+        if self.image.source is None and version not in built:
             raise ValueError(
-                f"kubernetes.version {version}: the lab's node image builds Kubernetes"
-                f" {IMAGE_KUBERNETES} (image/go/kubernetes/go.mod); set {IMAGE_KUBERNETES}, or"
-                f" give image.source an image that has {version}"
+                f"kubernetes.version {version}: the lab's node image builds {', '.join(built)}"
+                f" (image/versions.tsv); set one of them, or give image.source an image that"
+                f" has {version}"
             )
         return self
 
@@ -394,8 +396,13 @@ class LabConfig(Strict):
     @property
     def image_source(self) -> str:
         """The node image: the configured one, or the lab's build for kubernetes.version."""
-        built = self.state_dir / "images" / f"k8s-node-v{self.kubernetes.version}.qcow2"
-        return self.image.source or str(built)
+        return self.image.source or str(releases.image_path(self.kubernetes.version))
+
+    @property
+    def release(self) -> releases.Release | None:
+        """What goes with kubernetes.version in the lab's image; None for a brought image of
+        another version (kubeadm then runs its own defaults)."""
+        return releases.releases().get(self.kubernetes.version)
 
     @property
     def ssh_key_path(self) -> Path:
@@ -414,6 +421,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "worker_memory_mib": ("workers", "memory_mib"),
     "worker_disk_gib": ("workers", "disk_gib"),
     "kubernetes": ("kubernetes", "enabled"),
+    "kubernetes_version": ("kubernetes", "version"),
     "image": ("image", "source"),
     "libvirt_uri": ("libvirt", "uri"),
     "cpu_mode": ("libvirt", "cpu_mode"),
@@ -497,14 +505,28 @@ def _read_yaml(path: Path, what: str, fix: str) -> Any:
 def stack_overrides(stack: str, project_dir: Path = Path(".")) -> dict[str, str]:
     """The `lab:*` keys of Pulumi.<stack>.yaml, read as the Pulumi program reads them, so a
     `lab` command run by hand with --stack sees the same cluster as `pulumi up`."""
+    values = _stack_values(stack, project_dir)
+    found = {
+        k.removeprefix("lab:"): v
+        for k, v in values.items()
+        if k.startswith("lab:") and k != "lab:config"
+    }
+    if "libvirt:uri" in values:
+        found["libvirt_uri"] = values["libvirt:uri"]
+    return found
+
+
+def stack_config_path(stack: str, project_dir: Path = Path(".")) -> Path | None:
+    """The stack's `lab:config` (the cluster.yaml its `pulumi up` reads), if it names one."""
+    path = _stack_values(stack, project_dir).get("lab:config")
+    return Path(path) if path else None
+
+
+def _stack_values(stack: str, project_dir: Path) -> dict[str, str]:
     path = project_dir / f"Pulumi.{stack}.yaml"
     data = _read_yaml(path, "stack file", "check --stack") or {}
     values = (data.get("config") if isinstance(data, dict) else None) or {}
-    found = {k.removeprefix("lab:"): str(v) for k, v in values.items() if k.startswith("lab:")}
-    found.pop("config", None)
-    if "libvirt:uri" in values:
-        found["libvirt_uri"] = str(values["libvirt:uri"])
-    return found
+    return {str(k): str(v) for k, v in values.items()}
 
 
 def describe(error: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:

@@ -201,7 +201,9 @@ class NodeShell:
             raise SshError(f"{self.name}: cannot read {path}: {err.decode().strip()}")
         return out
 
-    async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+    async def write_file(
+        self, path: str, data: bytes, *, mode: int = 0o600, timeout: float = 30
+    ) -> None:
         """Write atomically (temp file + rename), creating the folder, with the given mode."""
         p = PurePosixPath(path)
         tmp = shlex.quote(f"{p}.lab-tmp")
@@ -209,7 +211,7 @@ class NodeShell:
             f"umask 077 && mkdir -p {shlex.quote(str(p.parent))} && cat > {tmp}"
             f" && chmod {mode:o} {tmp} && mv -f {tmp} {shlex.quote(path)}"
         )
-        status, _, err = await self.run_bytes(command, input=data, timeout=30)
+        status, _, err = await self.run_bytes(command, input=data, timeout=timeout)
         if status != 0:
             raise SshError(f"{self.name}: cannot write {path}: {err.decode().strip()}")
 

@@ -1,7 +1,8 @@
 """Nodes and the join plan: pure data derived from the config, shared by Pulumi and `lab`.
 
 The plan is the safe kubeadm HA procedure written down once: cp1 init, wait for a stable etcd, then
-one control plane at a time, each followed by a gate, then the workers together, then verify.
+one control plane at a time, each followed by a gate, then the workers together, then verify; and
+after it the upgrade to kubernetes.version in the same order (no-ops on a cluster already there).
 `lab plan` prints it and `lab.infra` turns each step into one Pulumi resource.
 """
 
@@ -14,7 +15,8 @@ from typing import Literal
 from lab.config import ConfigError, LabConfig
 
 Role = Literal["control-plane", "worker"]
-StepKind = Literal["init", "gate", "join", "verify"]
+StepKind = Literal["init", "gate", "join", "verify", "upgrade"]
+Phase = Literal["join", "upgrade"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ class Step:
     node: str | None = None
     voters: int | None = None
     boot_after: tuple[str, ...] = ()
+    # upgrade: runs again whenever kubernetes.version changes (lab.infra.chain); join: once.
+    phase: Phase = "join"
+
+    @property
+    def makes_machine(self) -> bool:
+        """Its node's machine is made for it (init, join); an upgrade finds its node there."""
+        return self.kind in ("init", "join")
 
     @property
     def lab_args(self) -> tuple[str, ...]:
@@ -60,12 +69,14 @@ class Step:
         match self.kind:
             case "init":
                 return ("init",)
-            case "gate":
-                return ("gate", "--voters", str(self.voters))
+            case "gate":  # no count: every control plane of the config
+                return ("gate", *(("--voters", str(self.voters)) if self.voters else ()))
             case "join":
                 return ("join", str(self.node))
             case "verify":
                 return ("verify", "--wait")  # nodes are NotReady until their CNI pod runs
+            case "upgrade":
+                return ("upgrade", str(self.node))
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,11 @@ def build_topology(cfg: LabConfig) -> Topology:
 def chain_plan(cfg: LabConfig) -> list[Step]:
     """The chain this config runs, for `lab plan` and the Pulumi program alike: none when
     Kubernetes is off (machines only)."""
-    return join_plan(build_topology(cfg)) if cfg.kubernetes.enabled else []
+    if not cfg.kubernetes.enabled:
+        return []
+    topo = build_topology(cfg)
+    joins = join_plan(topo)
+    return joins + upgrade_plan(topo, joins[-1].name, cfg.kubernetes.upgrade_workers_at_once)
 
 
 def join_plan(topo: Topology) -> list[Step]:
@@ -133,4 +148,27 @@ def join_plan(topo: Topology) -> list[Step]:
     ]
     steps += workers
     steps.append(Step("verify", "verify", tuple(w.name for w in workers) or last_gate))
+    return steps
+
+
+def upgrade_plan(topo: Topology, after: str, workers_at_once: int) -> list[Step]:
+    """kubeadm's upgrade order behind the same gates: cp1 (`kubeadm upgrade apply`) -> gate ->
+    each other control plane (`kubeadm upgrade node`) -> gate -> the workers, `workers_at_once`
+    at a time -> verify. On a cluster already at kubernetes.version every step is a no-op; a
+    changed version runs them again, in this order (lab.infra.chain)."""
+    steps: list[Step] = []
+    for cp in topo.control_planes:
+        steps.append(Step(f"{cp.name}-upgrade", "upgrade", (after,), cp.name, phase="upgrade"))
+        after = f"{cp.name}-upgrade-gate"
+        steps.append(Step(after, "gate", (steps[-1].name,), phase="upgrade"))
+    batch: tuple[str, ...] = (after,)
+    workers = topo.workers
+    for i in range(0, len(workers), workers_at_once):
+        group = [
+            Step(f"{w.name}-upgrade", "upgrade", batch, w.name, phase="upgrade")
+            for w in workers[i : i + workers_at_once]
+        ]
+        steps += group
+        batch = tuple(s.name for s in group)
+    steps.append(Step("upgrade-verify", "verify", batch, phase="upgrade"))
     return steps

@@ -46,11 +46,11 @@ class StepCommands:
 
 def step_commands(step: Step, cfg: LabConfig, lab: LabInvocation) -> StepCommands:
     """The commands the chain registers for `step`; needs no engine, so a test runs them as is."""
-    delete = (
-        leave_command(build_topology(cfg).node(step.node), cfg, lab)
-        if step.kind == "join" and step.node
-        else None
-    )
+    delete = None
+    if step.kind == "join" and step.node:
+        delete = leave_command(build_topology(cfg).node(step.node), cfg, lab)
+    elif step.kind == "init":
+        delete = lab.command("init", "--forget")  # the cluster is gone: forget its version
     return StepCommands(lab.command(*step.lab_args), delete)
 
 
@@ -99,11 +99,14 @@ class JoinChain(pulumi.ComponentResource):
         self.steps: dict[str, pulumi.Resource] = {}
         for step in steps:
             after: list[pulumi.Resource] = [self.steps[s] for s in step.after]
-            triggers = None
-            if step.node:
-                made = machine(topo.node(step.node), [self.steps[s] for s in step.boot_after])
+            triggers: list[pulumi.Input[str]] | None = None
+            if step.makes_machine:
+                node = topo.node(str(step.node))
+                made = machine(node, [self.steps[s] for s in step.boot_after])
                 after.append(made)
                 triggers = [made.domain.id]  # a rebuilt machine joins again
+            elif step.phase == "upgrade":
+                triggers = [cfg.kubernetes.version]  # a changed version upgrades again
             commands = step_commands(step, cfg, lab)
             self.steps[step.name] = local.Command(
                 step.name,

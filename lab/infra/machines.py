@@ -54,13 +54,16 @@ class LabNetwork(pulumi.ComponentResource):
             opts=child,
         )
         # A volume cannot have both `source` and `size`: the image is a base, nodes grow on it.
+        # Machines keep the image they were made from: a changed kubernetes.version names another
+        # image, and a new base would replace every disk, machine and join. The version is
+        # upgraded in place instead (lab.topology.upgrade_plan).
         self.base = libvirt.Volume(
             "base-image",
             name=f"{prefix}-base.qcow2",
             pool=self.pool.name,
             source=cfg.image_source,
             format="qcow2",
-            opts=child,
+            opts=child.merge(pulumi.ResourceOptions(ignore_changes=["source"])),
         )
         self.register_outputs({"network": self.network.id, "pool": self.pool.id})
 

@@ -12,21 +12,21 @@ a final failure leaves etcd as it was (no member for the node) and prints a diag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from lab.domain_type import JOIN_BUDGET
-from lab.etcd import PEER_PORT, EtcdError, client_url
+from lab.etcd import PEER_PORT, EtcdError
 from lab.ops.classify import classify
 from lab.ops.cleanup import cleanup_learners
 from lab.ops.common import OpFailed, Session, owns
 from lab.ops.diagnose import diagnose, render
 from lab.ops.endpoint import refresh_others, serve_endpoint
 from lab.ops.gate import gate
+from lab.ops.leader import leader_kept_off
 from lab.ops.node import (
     admin_node,
     fetch_credentials,
@@ -41,6 +41,7 @@ from lab.ops.node import (
     write_join_config,
 )
 from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
+from lab.ops.upgrade import bring_to_release
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -56,6 +57,7 @@ async def join(session: Session, name: str) -> None:
     if await already_joined(session, node):
         session.say(name, "already joined and healthy: no-op")
         return
+    await bring_to_release(session, node)
     one_attempt = join_control_plane if node.is_control_plane else join_worker
     undone = True
 
@@ -115,47 +117,6 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
         await stable(
             session, voters + 1, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name
         )
-
-
-# HA run 13: cp3's member, a voter early in its join, was elected leader while cp3's own control
-# plane was starting; it logged "leader failed to send out heartbeat on time" 29 times, the
-# leader changed three times in 90 s, and every API server waited on it. The node being joined
-# is the busiest voter, so while it leads, its leadership is handed to the first other voter
-# (etcd's MoveLeader, what `etcdctl move-leader` sends), and the cluster's leader stays on a
-# node that has finished starting.
-LEADER_CHECK_SECONDS = 5
-
-
-@contextlib.asynccontextmanager
-async def leader_kept_off(session: Session, node: Node) -> AsyncIterator[None]:
-    task = asyncio.ensure_future(keep_leader_off(session, node))
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def keep_leader_off(session: Session, node: Node) -> None:
-    """Every few seconds, one status call to the node's member; a leader move when it leads. A
-    loaded etcd that does not answer is asked again next time."""
-    endpoint = client_url(node.address)
-    while True:
-        await asyncio.sleep(LEADER_CHECK_SECONDS)
-        try:
-            etcd = await session.etcd()
-            status = await etcd.status(endpoint)
-            if status.leader != status.member_id:
-                continue
-            snap = await session.snapshot()
-            others = [m for n in snap.voting_nodes if n != node for m in snap.members_of(n)]
-            target = next((m for m in others if not m.is_learner), None)
-            if target is None:
-                continue
-            await etcd.move_leader(endpoint, target.id)
-        except (EtcdError, OpFailed):
-            continue
-        session.say(node.name, f"its etcd member led: leadership handed to {target.name}")
 
 
 # kubeadm join's phases up to its etcd member's promotion. Each of etcd-join's etcd calls has a

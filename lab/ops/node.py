@@ -11,6 +11,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab.ops.common import OpFailed, Session
 from lab.render.kubeadm import JOIN_PATH, emulated_patches, join_configuration
@@ -330,23 +331,41 @@ async def kubectl_until_ok(session: Session, node: Node, args: str, deadline: fl
 
 async def kube_nodes(session: Session) -> dict[str, bool]:
     """Node name -> Ready, from `kubectl get nodes -o json` on the admin node."""
+    return ready_nodes(await kube_nodes_json(session))
+
+
+async def kube_nodes_json(session: Session) -> str:
     r = await session.shell(await admin_node(session)).run(
         f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json",
         timeout=60 * session.slowdown,
         check=True,
     )
-    return ready_nodes(r.stdout)
+    return r.stdout
+
+
+def _node_items(kubectl_json: str) -> list[dict[str, Any]]:
+    try:
+        items: list[dict[str, Any]] = json.loads(kubectl_json).get("items", [])
+    except json.JSONDecodeError as e:
+        raise OpFailed(f"kubectl get nodes did not print JSON: {e}") from None
+    return items
 
 
 def ready_nodes(kubectl_json: str) -> dict[str, bool]:
     """Node name -> its Ready condition is True, from `kubectl get nodes -o json`."""
-    try:
-        items = json.loads(kubectl_json).get("items", [])
-    except json.JSONDecodeError as e:
-        raise OpFailed(f"kubectl get nodes did not print JSON: {e}") from None
     out = {}
-    for item in items:
+    for item in _node_items(kubectl_json):
         conds = item.get("status", {}).get("conditions", [])
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
         out[item.get("metadata", {}).get("name", "?")] = ready
     return out
+
+
+def kubelet_versions(kubectl_json: str) -> dict[str, str]:
+    """Node name -> the version its kubelet reports, from `kubectl get nodes -o json`."""
+    return {
+        item.get("metadata", {}).get("name", "?"): item.get("status", {})
+        .get("nodeInfo", {})
+        .get("kubeletVersion", "?")
+        for item in _node_items(kubectl_json)
+    }

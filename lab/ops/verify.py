@@ -13,7 +13,7 @@ from typing import Any
 from lab.etcd import EtcdError
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.endpoint import EndpointState, endpoint_states
-from lab.ops.node import kube_nodes
+from lab.ops.node import kube_nodes_json, kubelet_versions, ready_nodes
 from lab.ssh import SshError
 
 
@@ -72,6 +72,13 @@ def node_checks(ready: dict[str, bool], expected: list[str]) -> list[Check]:
     return [Check("nodes Ready", not missing and not not_ready, detail)]
 
 
+def version_check(versions: dict[str, str], version: str) -> Check:
+    """Every node's kubelet at kubernetes.version: after an upgrade, that it reached them all."""
+    behind = [f"{n} at {v}" for n, v in sorted(versions.items()) if v != f"v{version}"]
+    detail = f"want v{version}: " + ", ".join(behind) if behind else f"every node at v{version}"
+    return Check("kubelet versions", not behind, detail)
+
+
 def vip_check(states: list[EndpointState]) -> Check:
     """One holder, and its keepalived and haproxy active: two would be a split (VRRP adverts
     lost between them), none an endpoint nobody answers."""
@@ -92,8 +99,9 @@ async def checks_now(session: Session) -> list[Check]:
     except (OpFailed, EtcdError) as e:
         checks = [Check("etcd members", False, str(e))]
     try:
-        ready = await kube_nodes(session)
-        checks += node_checks(ready, [n.name for n in session.topo.nodes])
+        listed = await kube_nodes_json(session)
+        checks += node_checks(ready_nodes(listed), [n.name for n in session.topo.nodes])
+        checks.append(version_check(kubelet_versions(listed), session.cfg.kubernetes.version))
     except (OpFailed, SshError) as e:
         checks.append(Check("nodes Ready", False, str(e)))
     if session.cfg.serves_vip:

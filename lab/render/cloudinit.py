@@ -3,8 +3,10 @@
 The node image (image/, `make image`) already holds everything a node runs: containerd,
 kubeadm, kubelet, kubectl and every container image. cloud-init only configures: the node's
 static lab address, the lab user and key, a pinned SSH host key (so the first connection is
-already verified), its own /etc/hosts line, and on cp1 the kubeadm configuration and flannel's
-manifest. Nothing is installed or pulled at boot.
+already verified), its own /etc/hosts line, and on cp1 kubeadm's patches and flannel's manifest.
+Nothing is installed or pulled at boot. Nothing in it names the Kubernetes version: `lab init`
+writes kubeadm's configuration, so an upgrade (a changed version) changes no seed and so no
+machine.
 
 A node's user data depends on that node alone, never on which other nodes exist: a changed seed
 replaces the node's seed volume and machine, so a node list in it would rebuild every machine
@@ -49,8 +51,6 @@ def user_data(
     """The #cloud-config for `node`; host_key is (private PEM, public line) from lab.keys."""
     files: list[dict[str, Any]] = []
     if node == topo.first:
-        init = kubeadm.init_configuration(cfg, node, domain_type)
-        files.append({"path": kubeadm.INIT_PATH, "content": init, "permissions": "0600"})
         files += [
             {"path": path, "content": patch}
             for path, patch in kubeadm.emulated_patches(domain_type).items()

@@ -12,6 +12,7 @@ import yaml
 
 from lab.config import API_PORT, LabConfig
 from lab.domain_type import DomainType
+from lab.releases import Release, minor_of
 from lab.topology import Node
 
 API = "kubeadm.k8s.io/v1beta4"
@@ -50,8 +51,11 @@ EMULATED_API_SERVER = {"etcd-healthcheck-timeout": "30s", "etcd-readycheck-timeo
 # come up on a loaded emulated guest, which needs its new etcd member caught up first. HA run 8:
 # cp2's learner promoted, then 21 min in kubelet-wait-bootstrap, and a voter to undo. Off, the
 # kubelet bootstraps through the endpoint (the API servers already up) in kubelet-start, before
-# etcd is touched, and etcd's member is kubeadm's last step but marking the node.
+# etcd is touched, and etcd's member is kubeadm's last step but marking the node. kubeadm 1.35
+# locks the gate on (GA) and 1.36 removes it: there the join goes the local way, and `lab join`
+# finishes a join whose kubelet bootstrap outlasts kubeadm (lab.ops.join).
 EMULATED_FEATURE_GATES = {"ControlPlaneKubeletLocalMode": False}
+LOCAL_MODE_LOCKED = (1, 35)
 # The kubelet was an emulated control plane's busiest process at rest (27 CPU s a minute, HA run
 # 12); its container statistics, gathered every 10 s by default, are only read for evictions and
 # `kubectl top` here.
@@ -144,16 +148,27 @@ def init_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> s
             "dnsDomain": "cluster.local",
         },
         "apiServer": {"certSANs": [str(cfg.endpoint_address)]},
+        "etcd": {"local": {}},
     }
+    if cfg.release is not None:
+        cluster |= release_tags(cfg.release)
     if domain_type == "qemu":
         init["timeouts"] = EMULATED_TIMEOUTS | {"upgradeManifests": "20m0s"}
         init["patches"] = {"directory": PATCHES_DIR}
-        cluster["etcd"] = {"local": {"extraArgs": _args(EMULATED_ETCD)}}
-        cluster["featureGates"] = EMULATED_FEATURE_GATES
+        cluster["etcd"]["local"]["extraArgs"] = _args(EMULATED_ETCD)
+        if minor_of(k8s.version) < LOCAL_MODE_LOCKED:
+            cluster["featureGates"] = EMULATED_FEATURE_GATES
         cluster["apiServer"]["extraArgs"] = _args(EMULATED_API_SERVER)
         for component in ("controllerManager", "scheduler"):
             cluster[component] = {"extraArgs": _args(EMULATED_LEADER_ELECTION)}
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+def release_tags(release: Release) -> dict[str, Any]:
+    """ClusterConfiguration's etcd and CoreDNS tags: the ones the node image holds for the
+    release (image/versions.tsv), which may differ from kubeadm's own defaults. `lab upgrade`
+    writes them into the cluster's copy before kubeadm upgrades to the next release."""
+    return {"etcd": {"local": {"imageTag": release.etcd_tag}}, "dns": {"imageTag": release.coredns}}
 
 
 def join_configuration(
@@ -194,3 +209,36 @@ def join_configuration(
             "certificateKey": certificate_key,
         }
     return yaml.safe_dump(join, sort_keys=False)
+
+
+UPGRADE_PATH = "/etc/kubernetes/lab/upgrade.yaml"
+
+
+# kubeadm's upgrade plan and apply first run a Job on the cluster and give it a fixed 60 s to
+# complete (phases/upgrade/health.go): a pod's start on an emulated guest took longer (e2e,
+# "Job upgrade-health-check-... did not complete in 1m0s"). The rest of the health check stays.
+EMULATED_UPGRADE_CHECKS = {"ignorePreflightErrors": ["CreateJob"]}
+
+
+def upgrade_configuration(cfg: LabConfig, node: Node, domain_type: DomainType) -> str:
+    """UpgradeConfiguration for `kubeadm upgrade plan` and `apply` (the first control plane) and
+    `upgrade node` (every other node): to kubernetes.version, pulling nothing (`lab upgrade`
+    imported the images), the control planes keeping the probe patches and timeouts of their
+    join."""
+    version = {"kubernetesVersion": f"v{cfg.kubernetes.version}"}
+    policy: dict[str, Any] = {"imagePullPolicy": "Never"}
+    checks: dict[str, Any] = {}
+    if domain_type == "qemu":
+        checks = EMULATED_UPGRADE_CHECKS
+        if node.is_control_plane:
+            policy["patches"] = {"directory": PATCHES_DIR}
+    upgrade: dict[str, Any] = {
+        "apiVersion": API,
+        "kind": "UpgradeConfiguration",
+        "plan": version | checks,
+        "apply": version | policy | checks,
+        "node": dict(policy),
+    }
+    if domain_type == "qemu":
+        upgrade["timeouts"] = EMULATED_TIMEOUTS | {"upgradeManifests": "20m0s"}
+    return yaml.safe_dump(upgrade, sort_keys=False)

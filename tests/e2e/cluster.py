@@ -17,13 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.config import IMAGE_KUBERNETES
+from lab import releases
 
 from .conftest import Libvirtd, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = ROOT / ".lab" / "images" / f"k8s-node-v{IMAGE_KUBERNETES}.qcow2"
-MANIFEST = ROOT / ".lab" / "images" / "manifest.json"
 LAB = ROOT / ".venv" / "bin" / "lab"
 # An HA up under emulation: cp1 about 5 min, each joining control plane 8-26 min (docs/ha-runs.md).
 UP_TIMEOUT = 5400
@@ -146,13 +144,39 @@ class Cluster:
         self.config.write_text(yaml.safe_dump(data))
 
 
+def image_of(version: str) -> Path:
+    """The node image `make image VERSION=...` built for `version`; the tier fails without it."""
+    image = ROOT / releases.image_path(version)
+    if not image.is_file():
+        pytest.fail(f"the node image {image} is missing: run `make image VERSION={version}`")
+    return image
+
+
+def manifest_of(version: str) -> dict[str, Any]:
+    """What the image of `version` holds (image/build.sh's manifest beside it)."""
+    manifest: dict[str, Any] = json.loads(image_of(version).with_suffix(".json").read_text())
+    return manifest
+
+
+# The e2e tiers make their cluster of this release and upgrade it in place to the newest.
+UPGRADE_TO = releases.newest()
+
+
+def upgrade_from() -> str:
+    """The release the Makefile's e2e targets build the cluster of (LAB_UPGRADE_FROM)."""
+    version = os.environ.get("LAB_UPGRADE_FROM")
+    if not version:
+        pytest.fail("LAB_UPGRADE_FROM is not set: run the tier with `make test-e2e` (or e2e-ha)")
+    return version
+
+
 @contextmanager
 def cluster_on(
-    libvirtd: Libvirtd, tmp: Path, cidr: str, control_planes: int, workers: int
+    libvirtd: Libvirtd, tmp: Path, cidr: str, control_planes: int, workers: int, version: str
 ) -> Iterator[Cluster]:
-    """A cluster's stack on the node image, every guest emulated; destroyed afterwards."""
-    if not IMAGE.is_file():
-        pytest.fail(f"the node image {IMAGE} is missing: run `make image`")
+    """A cluster's stack on the node image of `version`, every guest emulated; destroyed
+    afterwards."""
+    image = image_of(version)
     name = f"e2e{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "cluster.yaml"
@@ -168,7 +192,8 @@ def cluster_on(
                     "disk_gib": 10,
                 },
                 "workers": {"count": workers, "cpus": 1, "memory_mib": 2048, "disk_gib": 10},
-                "image": {"source": str(IMAGE)},
+                "image": {"source": str(image)},
+                "kubernetes": {"version": version},
                 "libvirt": {
                     "uri": libvirtd.uri,
                     "pool": name,

@@ -1,7 +1,9 @@
-"""A real cluster, 1 control plane + 1 worker, from `pulumi up` with the built engine and plugins.
+"""A real cluster, 1 control plane + 1 worker, from `pulumi up` with the built engine and plugins,
+made at the previous minor release (LAB_UPGRADE_FROM) and upgraded in place to the newest.
 
 The cases run in order on one stack. The step table (from Pulumi's own event log, and the
-progress lines of `lab init`) is printed by the first case: `make test-e2e` shows it.
+progress lines of `lab init`) is printed by the first case and by the upgrade: `make test-e2e`
+shows both.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.config import IMAGE_KUBERNETES
+from lab import releases
 from lab.render import flannel
 
-from .cluster import MANIFEST, Cluster, cluster_on
+from .cluster import UPGRADE_TO, Cluster, cluster_on, manifest_of, upgrade_from
 from .conftest import Libvirtd
+from .upgrade import assert_upgraded_in_place, workload_serving
+
+CIDR = "10.40.0.0/24"
 
 
 @pytest.fixture(scope="module")
 def cluster(libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with cluster_on(libvirtd, tmp_path_factory.mktemp("e2e"), "10.40.0.0/24", 1, 1) as cluster:
+    tmp = tmp_path_factory.mktemp("e2e")
+    with cluster_on(libvirtd, tmp, CIDR, 1, 1, upgrade_from()) as cluster:
         yield cluster
 
 
@@ -74,11 +80,12 @@ SYNC_WRITES = (
 
 
 def test_3_nodes_run_the_configured_version_and_pulled_nothing(cluster: Cluster) -> None:
-    built = set(json.loads(MANIFEST.read_text())["containerd_images"])
+    version = upgrade_from()
+    built = set(manifest_of(version)["containerd_images"])
     for node in ("cp1", "worker1"):
-        assert cluster.on(node, "kubeadm", "version", "-o", "short") == f"v{IMAGE_KUBERNETES}"
+        assert cluster.on(node, "kubeadm", "version", "-o", "short") == f"v{version}"
         kubelet = cluster.on(node, "kubelet", "--version")
-        assert kubelet == f"Kubernetes v{IMAGE_KUBERNETES}"
+        assert kubelet == f"Kubernetes v{version}"
         listed = cluster.on(node, "ctr", "-n", "k8s.io", "images", "ls", "-q").split()
         named = {i for i in listed if not i.startswith("sha256:")}
         assert named == built, f"{node}: images not from the node image: {named - built}"
@@ -127,7 +134,7 @@ def test_4_a_pod_on_the_worker_reaches_a_pod_on_cp1_by_ip_and_by_service_name(
     server = pod(
         "web",
         "cp1",
-        "registry.k8s.io/etcd:3.6.5-0",
+        f"registry.k8s.io/etcd:{releases.releases()[upgrade_from()].etcd_tag}",
         [
             "etcd",
             "--data-dir=/tmp/etcd",
@@ -191,9 +198,17 @@ def test_5_etcd_has_one_voter_and_no_learner_and_cp1_holds_the_vip(cluster: Clus
     assert diagnosis["stale_learners"] == []
 
 
-def test_6_a_second_up_changes_nothing(cluster: Cluster) -> None:
+def test_6_a_raised_version_upgrades_in_place_with_the_workload_serving(cluster: Cluster) -> None:
+    """`pulumi preview` shows only the upgrade chain; `pulumi up` runs it: cp1 (kubeadm upgrade
+    apply), its gate, the worker, verify. A Deployment of 2 behind a NodePort Service is asked
+    once a second throughout; how many requests failed is printed, not asserted."""
+    with workload_serving(cluster, upgrade_from(), CIDR) as workload:
+        assert_upgraded_in_place(cluster, UPGRADE_TO, workload)
+
+
+def test_7_a_second_up_changes_nothing(cluster: Cluster) -> None:
     cluster.assert_second_up_changes_nothing()
 
 
-def test_7_destroy_leaves_no_domain_volume_or_network(cluster: Cluster) -> None:
+def test_8_destroy_leaves_no_domain_volume_or_network(cluster: Cluster) -> None:
     cluster.assert_destroy_leaves_nothing()

@@ -1,10 +1,13 @@
 """The HA cluster, real: 3 control planes behind the VIP + 1 worker, every guest emulated.
 
 `make e2e-ha` runs it (over an hour on a 2-core host, so not in `make test`). The cases run in
-order on one stack, each from where the one before left the cluster: up; the VIP holder
-stopped and started again; scale 3 -> 1; back to 3, cp3's join against a partition on the etcd
-peer port that never clears, then one cleared during the join; a no-op up; destroy. Every kubectl
-goes through the VIP: admin.conf's server is the VIP, whichever control plane `lab` asks.
+order on one stack, each from where the one before left the cluster: up at the previous minor
+release (LAB_UPGRADE_FROM); the VIP holder stopped and started again; the upgrade to the newest
+release in place, one control plane at a time behind the gates, etcd sampled throughout; scale
+3 -> 1; back to 3 (the new machines boot the lab's first image and are brought to the
+cluster's release before they join), cp3's join against a partition on the etcd peer port that
+never clears, then one cleared during the join; a no-op up; destroy. Every kubectl goes through
+the VIP: admin.conf's server is the VIP, whichever control plane `lab` asks.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import pytest
 
 from tests.integration.harness import wait_until
 
-from .cluster import UP_TIMEOUT, Cluster, cluster_on
+from .cluster import UP_TIMEOUT, UPGRADE_TO, Cluster, cluster_on, upgrade_from
 from .conftest import Libvirtd
+from .upgrade import assert_upgraded_in_place, etcd_sampled, without_quorum, workload_serving
 
 CIDR = "10.41.0.0/24"
 CP3 = "10.41.0.13"  # the default address of cp3 on CIDR (lab.config: .10 + index)
@@ -29,7 +33,8 @@ ALL = {"cp1": True, "cp2": True, "cp3": True, "worker1": True}
 
 @pytest.fixture(scope="module")
 def ha(libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with cluster_on(libvirtd, tmp_path_factory.mktemp("e2e"), CIDR, 3, 1) as cluster:
+    tmp = tmp_path_factory.mktemp("e2e")
+    with cluster_on(libvirtd, tmp, CIDR, 3, 1, upgrade_from()) as cluster:
         yield cluster
 
 
@@ -74,12 +79,45 @@ def test_2_the_vip_moves_when_its_holder_stops_and_cp1_rejoins_its_member(ha: Cl
     assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
 
 
+def test_3_an_upgrade_goes_one_control_plane_at_a_time_and_etcd_keeps_its_quorum(
+    ha: Cluster,
+) -> None:
+    """The same upgrade as the 1 + 1 cluster's; etcd sampled every 5 s throughout must keep a
+    quorum answering and one leader; each control plane's step starts after the gate on the one
+    before (the step table prints each node's time)."""
+    addresses = [CIDR.rsplit(".", 1)[0] + f".{11 + i}" for i in range(3)]
+    with (
+        etcd_sampled(ha, addresses) as samples,
+        workload_serving(ha, upgrade_from(), CIDR) as workload,
+    ):
+        assert_upgraded_in_place(ha, UPGRADE_TO, workload)
+    without = without_quorum(samples)
+    print(f"etcd samples: {len(samples)}; without a quorum or one leader: {without}")
+    assert samples and not without
+    began, ended = step_times(ha.tmp / "events-upgrade.jsonl")
+    for before, after in (("cp1", "cp2"), ("cp2", "cp3")):
+        assert began[f"{after}-upgrade"] >= ended[f"{before}-upgrade-gate"], (before, after)
+
+
+def step_times(log: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """When each resource's step began and ended, from Pulumi's event log."""
+    began: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        for kind, into in (("resourcePreEvent", began), ("resOutputsEvent", ended)):
+            if kind in event:
+                name = event[kind]["metadata"]["urn"].rsplit("::", 1)[-1]
+                into.setdefault(name, event["timestamp"])
+    return began, ended
+
+
 def scale(ha: Cluster, control_planes: int, name: str) -> None:
     ha.stack.config({"lab:control_planes": str(control_planes)})
     ha.up_with_table(name)
 
 
-def test_3_scale_down_to_one_control_plane(ha: Cluster) -> None:
+def test_4_scale_down_to_one_control_plane(ha: Cluster) -> None:
     """Through `lab leave` (newest first: reset, member removed, node deleted) and the gates.
     The cases after it scale back to three: cp2 joins again, cp3 against a partition."""
     scale(ha, 1, "scale-1")
@@ -103,7 +141,7 @@ def partition(ha: Cluster, action: str) -> None:
         ha.on("cp1", "sudo", "iptables", action, chain, *rule)
 
 
-def test_4_back_to_three_cp2_joins_and_a_partition_that_never_clears_fails_cp3(
+def test_5_back_to_three_cp2_joins_and_a_partition_that_never_clears_fails_cp3(
     ha: Cluster,
 ) -> None:
     """cp2 joins again behind the gates; cp3's join fails after its attempts, naming the
@@ -120,7 +158,7 @@ def test_4_back_to_three_cp2_joins_and_a_partition_that_never_clears_fails_cp3(
     print("\n" + "\n".join(line for line in text.splitlines() if "cp3:" in line))
 
 
-def test_5_a_partition_cleared_during_cp3_join_is_retried_to_three_voters(ha: Cluster) -> None:
+def test_6_a_partition_cleared_during_cp3_join_is_retried_to_three_voters(ha: Cluster) -> None:
     """The partition is still there; it is cleared once cp3's first attempt has failed."""
     ha.edit_config(tuning={"cp_join_retry_attempts": 8, "cp_join_retry_sleep_seconds": 20})
     log, output = ha.tmp / "events-cleared.jsonl", ha.tmp / "up-cleared.out"
@@ -161,9 +199,9 @@ def text_of(log: Path) -> str:
     )
 
 
-def test_6_a_second_up_changes_nothing(ha: Cluster) -> None:
+def test_7_a_second_up_changes_nothing(ha: Cluster) -> None:
     ha.assert_second_up_changes_nothing()
 
 
-def test_7_destroy_leaves_no_domain_volume_or_network(ha: Cluster) -> None:
+def test_8_destroy_leaves_no_domain_volume_or_network(ha: Cluster) -> None:
     ha.assert_destroy_leaves_nothing()

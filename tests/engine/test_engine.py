@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from lab.config import load_config
-from lab.topology import Step, build_topology, join_plan
+from lab.libvirtd import for_lab
+from lab.preflight import libvirt_socket_problem
+from lab.topology import Step, build_topology, chain_plan
 
 from .conftest import ROOT, require_engine
 
@@ -53,13 +55,14 @@ def test_preview_of_the_dev_config_shows_machines_and_the_chain_in_plan_order(
     assert ("libvirt:index/network:Network", "network") in created
     assert ("libvirt:index/volume:Volume", "base-image") in created
     overrides = {k.removeprefix("lab:"): v for k, v in config.items() if k.startswith("lab:")}
-    topo = build_topology(load_config(ROOT / "config" / "cluster.yaml", overrides))
+    cfg = load_config(ROOT / "config" / "cluster.yaml", overrides)
+    topo = build_topology(cfg)
     for node in topo.nodes:
         assert ("lab:libvirt:Machine", node.name) in created, node.name
         assert ("libvirt:index/domain:Domain", f"{node.name}-domain") in created, node.name
         assert ("libvirt:index/volume:Volume", f"{node.name}-cloudinit") in created
     assert all(s["op"] == "create" for s in steps if s["urn"].endswith("-domain"))
-    plan = join_plan(topo)
+    plan = chain_plan(cfg)  # the joins, then the upgrade's steps (no-ops on a new lab)
     commands = [
         urn_name(s["urn"])
         for s in steps
@@ -157,3 +160,55 @@ def test_built_engine_reports_versions_and_finds_plugins_locally():
     # upstream's language host answers `pulumi about` (ours could not)
     about = [line.split() for line in run("about").splitlines()]
     assert ["language", "python", "3.259.0"] in about, about
+
+
+def test_make_preview_as_a_new_user_starts_what_up_would_and_make_down_stops_it(
+    make_stack, tmp_path
+):
+    """`make preview` from a state folder no libvirtd runs for and with no node image built: it
+    starts the lab's private libvirtd (where the host runs none), says the image is not needed
+    yet, and prints the chain in plan order; `make down` then stops that libvirtd."""
+    name = f"prev{os.getpid()}"
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "cluster": {"name": name},
+                "network": {"name": name, "cidr": "10.43.0.0/24"},
+                "control_plane": {"count": 1},
+                "workers": {"count": 1},
+                "libvirt": {"pool": name, "pool_path": str(tmp_path / "pool")},
+                "state_dir": str(tmp_path / "state"),
+            }
+        )
+    )
+    stack = make_stack("preview-make", {"lab:config": str(config)})
+    cfg = load_config(config)
+    daemon = for_lab(cfg.state_dir, cfg.cluster.name)
+    host_runs_one = libvirt_socket_problem(cfg.libvirt.uri) is None
+    assert daemon.pid() is None
+
+    def make(target: str) -> str:
+        out = subprocess.run(
+            ["make", target, f"STACK={stack.name}"],
+            cwd=ROOT,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        print(f"$ make {target} -> exit {out.returncode}\n{out.stdout}{out.stderr}")
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    try:
+        shown = make("preview")
+        assert (daemon.pid() is None) == host_runs_one  # its own, only where the host has none
+        assert "a preview does not need it, `make up` builds it first" in shown
+        steps = [line.split()[2] for line in shown.splitlines() if "command:local:" in line]
+        assert in_plan_order(steps, chain_plan(cfg)), steps
+        make("down")
+        assert daemon.pid() is None
+    finally:
+        if daemon.pid() is not None:
+            daemon.stop()

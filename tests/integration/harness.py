@@ -12,9 +12,7 @@ everything of the node (sshd, the sessions it starts, etcd, the API server liste
 haproxy) runs inside it and the node's netns. sshd uses the host key `lab.keys.ensure_host_key` made
 (so `lab`'s pinned key matches) and authorizes `lab.keys.ensure_user_key`. The node's bin dir (the
 stand-ins: kubeadm, kubectl, cloud-init, systemctl) is what /usr/bin is on a VM: first on the
-login's PATH and, through the node's own /etc/sudoers, on sudo's secure_path. With
-`user_data_files=True`, cp1 also gets /etc/kubernetes/lab/init.yaml, as its cloud-init user-data
-writes it on a VM (the chain's init script reads it).
+login's PATH and, through the node's own /etc/sudoers, on sudo's secure_path.
 Faults are iptables rules and tc qdiscs inside a node's namespace, so they vanish with it.
 `close()` kills every process of every namespace of the run and deletes them.
 """
@@ -37,10 +35,8 @@ from typing import Any
 
 import yaml
 
-from lab.config import load_config
+from lab import releases
 from lab.keys import ensure_host_key, ensure_user_key
-from lab.render import kubeadm
-from lab.topology import build_topology
 
 from .pki import ClusterPKI
 
@@ -247,9 +243,10 @@ class Node:
             "control_planes": {n: a for n, a in ADDRESSES.items() if n.startswith("cp")},
             "run_dir": str(run_dir),
             "promote_timeout": self.lab.promote_timeout,
+            "version": releases.newest(),  # the config's kubernetes.version (its default)
         }
         (self.dir / "node.json").write_text(json.dumps(conf, indent=2))
-        for tool in ("kubeadm", "kubectl", "cloud-init", "systemctl"):
+        for tool in ("kubeadm", "kubectl", "kubelet", "cloud-init", "systemctl"):
             wrapper = binp / tool
             wrapper.write_text(
                 f"#!/bin/sh\nexec {sys.executable} {STANDIN}"
@@ -469,7 +466,6 @@ class Harness:
         nodes: Sequence[str] = ("cp1", "cp2", "cp3"),
         tuning: dict[str, float] | None = None,
         promote_timeout: float = PROMOTE_TIMEOUT,
-        user_data_files: bool = False,
         endpoint: str = "cp1",
     ) -> None:
         problems = requirement_problems()
@@ -481,7 +477,6 @@ class Harness:
         self.key_path = tmp / "ssh" / "id_ed25519"
         self.config_path = tmp / "cluster.yaml"
         self.promote_timeout = promote_timeout
-        self.user_data_files = user_data_files
         self.endpoint = endpoint
         self.tuning = {**TUNING, **(tuning or {})}
         self.pki = ClusterPKI.create()
@@ -578,27 +573,14 @@ class Harness:
             "workers": {"count": len(workers), "cpus": 1, "memory_mib": 1024},
             "kubernetes": {"cni": "none", "control_plane_endpoint": {"mode": self.endpoint}},
             "ssh": {"user": "root", "private_key": str(self.key_path)},
+            # The nodes are namespaces at the host's speed: KVM's timeouts (no slowdown), and no
+            # probe of KVM with the node image's kernel where `make image` has left one.
+            "libvirt": {"domain_type": "kvm"},
             "state_dir": str(self.state_dir),
             "tuning": self.tuning,
         }
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        if self.user_data_files:
-            self.write_user_data_files()
         return self.config_path
-
-    def write_user_data_files(self) -> None:
-        """What the first control plane's cloud-init user-data writes (lab.render.cloudinit):
-        /etc/kubernetes/lab/init.yaml, mode 0600, from the same kubeadm.init_configuration."""
-        cfg = load_config(self.config_path)
-        topo = build_topology(cfg)
-        first = self.nodes.get(topo.first.name)
-        if first is None:
-            return
-        # the node's /etc/kubernetes is its kube dir, bind-mounted
-        path = first.dir / "kube" / Path(kubeadm.INIT_PATH).relative_to("/etc/kubernetes")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(kubeadm.init_configuration(cfg, topo.first, "kvm"))
-        path.chmod(0o600)
 
     # ---- running things -------------------------------------------------------------------------
 

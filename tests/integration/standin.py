@@ -1,5 +1,5 @@
-"""Stand-in `kubeadm`, `kubectl`, `cloud-init` and `systemctl` for the integration test nodes
-(kubeadm cannot run here, and no test node boots through cloud-init or systemd).
+"""Stand-in `kubeadm`, `kubectl`, `kubelet`, `cloud-init` and `systemctl` for the integration
+test nodes (kubeadm cannot run here, and no test node boots through cloud-init or systemd).
 
 It does to etcd exactly what kubeadm 1.29+ (learner mode, stacked etcd) does, with the real etcd
 3.5 binary and real etcdctl over TLS; everything else kubeadm does (kubelet, static pods,
@@ -42,6 +42,11 @@ certificates, the API server) is reduced to what the lab can observe:
   delete /var/lib/etcd/*, /etc/kubernetes/manifests/* and the kubeconfig files. Deviation:
   /etc/kubernetes/pki is kept, because the harness provisions it (real kubeadm downloads it
   with the certificate key).
+- `kubeadm version -o short`, `kubelet --version`: the node's `version` (the config's
+  kubernetes.version, as on a node of that image), and the API server's "manifest"
+  (/etc/kubernetes/manifests/kube-apiserver.yaml) names its image at that version: what `lab
+  upgrade` reads to find a node already at the version (a no-op). The upgrade itself
+  (`kubeadm upgrade`, drain, the kubelet's restart) is not stood in for: the e2e tiers run it.
 - `kubeadm token create`, `kubeadm init phase upload-certs --upload-certs`: print a token / a
   certificate key and store them (in etcd, under /registry/secrets/ as the API server would).
 - `kubectl [--kubeconfig F] get nodes [NAME] [-o json]`, `kubectl delete node NAME
@@ -86,6 +91,7 @@ import yaml
 KUBE = Path("/etc/kubernetes")
 PKI = KUBE / "pki"
 MANIFESTS = KUBE / "manifests"
+APISERVER_MANIFEST = MANIFESTS / "kube-apiserver.yaml"
 ETCD_DATA = Path("/var/lib/etcd")
 KUBECONFIGS = (
     "admin.conf",
@@ -122,6 +128,7 @@ class NodeConf:
     takes_leadership: bool = False  # its member is made the leader after its promote
     node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
     join_held: bool = False  # a worker's join waits while this is true
+    version: str = "0.0.0"  # the Kubernetes version its "binaries" report (the config's)
 
     @classmethod
     def load(cls, path: Path) -> NodeConf:
@@ -279,7 +286,7 @@ def start_static_pods(node: NodeConf) -> None:
     manifest = MANIFESTS / "etcd.yaml"
     if manifest.is_file() and not running(node, "etcd"):
         spawn(node, "etcd", json.loads(manifest.read_text()))
-    if (MANIFESTS / "kube-apiserver").is_file() and not running(node, "apiserver"):
+    if APISERVER_MANIFEST.is_file() and not running(node, "apiserver"):
         spawn(
             node,
             "apiserver",
@@ -289,7 +296,9 @@ def start_static_pods(node: NodeConf) -> None:
 
 def start_apiserver(node: NodeConf) -> None:
     MANIFESTS.mkdir(parents=True, exist_ok=True)
-    (MANIFESTS / "kube-apiserver").write_text("stand-in: TLS listener on :6443\n")
+    # What `lab upgrade` reads of a control plane: its API server's image (kubeadm's tag).
+    image = f"registry.k8s.io/kube-apiserver:v{node.version}"
+    APISERVER_MANIFEST.write_text(f"# stand-in: a TLS listener on :6443\nimage: {image}\n")
     start_static_pods(node)
     wait_for(lambda: tcp_open(node.address, 6443), 10, "the API server listener on :6443")
 
@@ -410,6 +419,7 @@ def register(node: NodeConf, endpoints: list[str], role: str) -> None:
         "status": {
             "addresses": [{"type": "InternalIP", "address": node.address}],
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            "nodeInfo": {"kubeletVersion": f"v{node.version}"},
         },
     }
     put(node, endpoints, f"/registry/minions/{node.name}", json.dumps(obj))
@@ -911,7 +921,12 @@ def kubeadm(node: NodeConf, argv: list[str]) -> int:
     token.add_argument("action")
     token.add_argument("--ttl")
     sub.add_parser("start-static-pods", help="harness only: what the kubelet does after a restart")
+    version = sub.add_parser("version")
+    version.add_argument("-o", "--output", choices=["short"], required=True)
     args = p.parse_args(argv)
+    if args.cmd == "version":
+        print(f"v{node.version}")
+        return 0
     if args.cmd == "init":
         return cmd_upload_certs(node, args) if args.phase else cmd_init(node, args)
     if args.cmd == "start-static-pods":
@@ -925,13 +940,18 @@ def kubeadm(node: NodeConf, argv: list[str]) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--node-config", type=Path, required=True)
-    p.add_argument("tool", choices=["kubeadm", "kubectl", "apiserver", "cloud-init", "systemctl"])
+    p.add_argument(
+        "tool", choices=["kubeadm", "kubectl", "kubelet", "apiserver", "cloud-init", "systemctl"]
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
     if args.tool == "cloud-init":
         return cloud_init(args.rest)
     _NODE_CONFIG.append(args.node_config)
     node = NodeConf.load(args.node_config)
+    if args.tool == "kubelet":  # only `kubelet --version`: no kubelet runs here
+        print(f"Kubernetes v{node.version}")
+        return 0
     try:
         if args.tool == "apiserver":
             return serve_apiserver(node)

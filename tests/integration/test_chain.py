@@ -5,13 +5,15 @@ run `lab` commands they write themselves. This test closes the gap: it takes the
 harness config and, step by step in plan order, runs exactly what the chain registers
 (`lab.infra.chain.step_commands`, the function JoinChain builds its resources from):
 
-- every step (a local.Command, cp1-init's `lab init` too): its shell string, run with `sh -c` in
+- every step (a local.Command, cp1-init's `lab init` too), the upgrade's no-ops on a cluster made
+  at kubernetes.version included: its shell string, run with `sh -c` in
   the project directory (where the provider runs, so `.venv/bin/lab` and the stack's
   Pulumi.<stack>.yaml resolve), in the harness's host namespace;
 - the kubeconfig (a remote.Command): its command over SSH to cp1 as the config's login user, as
   one command string that the login shell runs (what remote.Command's SSH session does);
 - then, with the config edited down to one control plane, what `pulumi up` (or `pulumi destroy`)
-  runs: the joins' delete commands (`lab leave NODE --address ...`), in reverse.
+  runs: the joins' delete commands (`lab leave NODE --address ...`), in reverse, and last
+  cp1-init's (`lab init --forget`).
 
 etcd, SSH, sudo and the network are real; kubeadm and cloud-init are the stand-ins of standin.py.
 """
@@ -26,9 +28,10 @@ from collections.abc import Callable
 
 import yaml
 
+from lab import releases
 from lab.config import LabConfig, load_config, stack_overrides
 from lab.infra.chain import KUBECONFIG_COMMAND, LabInvocation, step_commands
-from lab.topology import build_topology, join_plan
+from lab.topology import build_topology, chain_plan
 
 from .harness import REPO, Harness
 
@@ -60,9 +63,7 @@ def on_host(lab: Harness, command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_chain_runs_its_own_commands_then_destroy(make_harness: Callable[..., Harness]) -> None:
-    lab = make_harness(
-        nodes=NODES, user_data_files=True
-    )  # cp1's init.yaml, as cloud-init writes it
+    lab = make_harness(nodes=NODES)  # cp1's init.yaml, as cloud-init writes it
     cfg = load_config(lab.config_path)
     assert cfg.kubernetes.cni == "none" and cfg.kubernetes.control_plane_endpoint.mode == "cp1"
     stack_file = REPO / f"Pulumi.{STACK}.yaml"
@@ -78,7 +79,7 @@ def run_the_chain(lab: Harness, cfg: LabConfig) -> None:
     topo = build_topology(cfg)
     first = topo.first
     invocation = LabInvocation(str(lab.config_path), STACK)
-    plan = join_plan(topo)
+    plan = chain_plan(cfg)
 
     def run(name: str, command: str, remote: bool) -> str:
         start = time.monotonic()
@@ -105,7 +106,10 @@ def run_the_chain(lab: Harness, cfg: LabConfig) -> None:
             assert "Using certificate key" in out  # kubeadm's own output, relayed by lab init
             kubeconfig = run("kubeconfig", KUBECONFIG_COMMAND, remote=True)
             assert "kind: Config" in kubeconfig
-    assert ran == [s.name for s in plan] and ran[-1] == "verify" and plan[-1].kind == "verify"
+            assert releases.recorded(cfg.state_dir) == cfg.kubernetes.version
+        if step.kind == "upgrade":  # every node was made at the version: read on it, a no-op
+            assert f"{step.node}: already at v{cfg.kubernetes.version}" in out
+    assert ran == [s.name for s in plan] and ran[-1] == "upgrade-verify"
 
     assert lab.voters() == ["cp1", "cp2", "cp3"] and not lab.learners()
     assert all(m.get("name") for m in lab.members())
@@ -125,7 +129,11 @@ def run_the_chain(lab: Harness, cfg: LabConfig) -> None:
     # Scale down to one control plane by editing the config, then what `pulumi up` runs: the
     # removed joins' stored delete commands, dependents first (workers, cp3, cp2). They were
     # registered before the edit and must not need the config to know their node.
-    deletes = [(s.name, d) for s in plan if (d := step_commands(s, cfg, invocation).delete)]
+    deletes = [
+        (s.name, d)
+        for s in plan
+        if s.kind == "join" and (d := step_commands(s, cfg, invocation).delete)
+    ]
     assert [name for name, _ in reversed(deletes)] == ["worker1-join", "cp3-join", "cp2-join"]
     edited = yaml.safe_load(lab.config_path.read_text())
     edited["control_plane"]["count"], edited["workers"]["count"] = 1, 0
@@ -140,3 +148,7 @@ def run_the_chain(lab: Harness, cfg: LabConfig) -> None:
         ).stdout
     )["items"]
     assert [n["metadata"]["name"] for n in nodes] == ["cp1"]
+
+    # Destroy's last step: cp1-init's delete forgets the cluster's version.
+    run("cp1-init (delete)", str(step_commands(plan[0], cfg, invocation).delete), remote=False)
+    assert releases.recorded(cfg.state_dir) is None

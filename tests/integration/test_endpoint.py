@@ -43,7 +43,7 @@ def vip_check(lab: Harness) -> dict[str, object]:
 def test_the_vip_stays_on_a_control_plane_whose_api_server_answers(
     make_harness: Callable[..., Harness],
 ) -> None:
-    lab = make_harness(nodes=CPS, user_data_files=True, endpoint="vip")
+    lab = make_harness(nodes=CPS, endpoint="vip")
     out = ok(lab.lab("init"))
     assert f"endpoint {VIP}:8443 served" in out
     wait_until(lambda: holders(lab) == ["cp1"], 30, "the VIP on cp1")

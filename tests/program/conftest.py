@@ -41,6 +41,7 @@ class Resource:
     inputs: dict[str, Any]
     secret_outputs: set[str]
     delete_before_replace: bool
+    ignore_changes: set[str]
 
 
 @dataclass
@@ -80,6 +81,7 @@ class RecordingMonitor(MockMonitor):
             inputs=json_format.MessageToDict(request.object),
             secret_outputs=set(request.additionalSecretOutputs),
             delete_before_replace=request.deleteBeforeReplace,
+            ignore_changes=set(request.ignoreChanges),
         )
         return super().RegisterResource(request)
 

@@ -15,6 +15,17 @@ from lab.config import load_config
 from tests.program.conftest import Graph, is_secret
 
 MACHINE_PARTS = {"disk", "cloudinit", "domain"}
+UPGRADE_CHAIN = [
+    "cp1-upgrade",
+    "cp1-upgrade-gate",
+    "cp2-upgrade",
+    "cp2-upgrade-gate",
+    "cp3-upgrade",
+    "cp3-upgrade-gate",
+    "worker1-upgrade",
+    "worker2-upgrade",
+    "upgrade-verify",
+]
 
 
 def machine(graph: Graph, node: str) -> set[str]:
@@ -43,6 +54,7 @@ def test_default_lab_registers_network_machines_and_chain(run_program) -> None:
         "worker1-join",
         "worker2-join",
         "verify",
+        *UPGRADE_CHAIN,
     ]
     # A tree in `pulumi preview`: every resource sits under a component.
     assert g.resources["cp2-domain"].parent == "cp2"
@@ -61,6 +73,36 @@ def test_chain_edges_are_exactly_the_seed_procedure(run_program) -> None:
     assert chain_deps(g, "worker1-join") == {"cp3-gate"}
     assert chain_deps(g, "worker2-join") == {"cp3-gate"}
     assert chain_deps(g, "verify") == {"worker1-join", "worker2-join"}
+    # The upgrade: one control plane at a time behind a gate, then one worker at a time.
+    for before, step in itertools.pairwise(["verify", *UPGRADE_CHAIN]):
+        assert chain_deps(g, step) == {before}, step
+
+
+def test_workers_upgrade_as_many_at_once_as_the_config_allows(run_program) -> None:
+    g = run_program("kubernetes: {upgrade_workers_at_once: 2}\n", workers="3")
+    assert (
+        chain_deps(g, "worker1-upgrade") == chain_deps(g, "worker2-upgrade") == {"cp3-upgrade-gate"}
+    )
+    assert chain_deps(g, "worker3-upgrade") == {"worker1-upgrade", "worker2-upgrade"}
+    assert chain_deps(g, "upgrade-verify") == {"worker3-upgrade"}
+
+
+def test_a_changed_version_reruns_the_upgrade_chain_and_replaces_nothing_else(
+    run_program,
+) -> None:
+    """Machines keep the image they were made from (the base image ignores its source); every
+    other resource's inputs stay, and each upgrade step is triggered by the version."""
+    before, after = run_program(), run_program("kubernetes: {version: 1.36.3}\n")
+    changed = {
+        name
+        for name, r in before.resources.items()
+        if r.custom and r.inputs != after.resources[name].inputs
+    }
+    assert changed == set(UPGRADE_CHAIN)
+    for step in UPGRADE_CHAIN:
+        assert before.input(step, "triggers") == ["1.37.2"]
+        assert after.input(step, "triggers") == ["1.36.3"]
+    assert before.resources["base-image"].ignore_changes == {"source"}
 
 
 def test_each_join_waits_for_its_own_machine_only(run_program) -> None:
@@ -123,7 +165,11 @@ def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -
     assert g.input("verify", "create") == f".venv/bin/lab verify --wait {tail}"
     assert g.input("verify", "delete") is None
     assert g.input("cp1-init", "create") == f".venv/bin/lab init {tail}"
-    assert g.input("cp1-init", "delete") is None
+    assert g.input("cp1-init", "delete") == f".venv/bin/lab init --forget {tail}"
+    assert g.input("cp1-upgrade", "create") == f".venv/bin/lab upgrade cp1 {tail}"
+    assert g.input("cp1-upgrade", "delete") is None
+    assert g.input("cp2-upgrade-gate", "create") == f".venv/bin/lab gate {tail}"  # every cp
+    assert g.input("upgrade-verify", "create") == f".venv/bin/lab verify --wait {tail}"
 
 
 def test_a_joins_delete_names_its_node_whatever_the_config_says_later(
@@ -224,7 +270,14 @@ def test_zero_workers_verify_follows_the_last_gate(run_program) -> None:
 
 def test_one_control_plane_has_no_joins(run_program) -> None:
     g = run_program(control_planes="1", workers="0")
-    assert g.outputs["join_order"] == ["cp1-init", "cp1-gate", "verify"]
+    assert g.outputs["join_order"] == [
+        "cp1-init",
+        "cp1-gate",
+        "verify",
+        "cp1-upgrade",
+        "cp1-upgrade-gate",
+        "upgrade-verify",
+    ]
     assert not [n for n in g.resources if n.endswith("-join")]
 
 
@@ -271,7 +324,7 @@ def test_lab_plan_and_the_program_agree(run_program, tmp_path, capsys, sizes) ->
     assert steps - {"kubeconfig"} == {s["step"] for s in planned}
     for s in planned:
         assert chain_deps(g, s["step"]) == set(s["after"]), s["step"]
-        if s["node"]:
+        if s["kind"] in ("init", "join"):  # Step.makes_machine
             assert chain_deps(g, f"{s['node']}-domain") == set(s["boot_after"]), s["step"]
 
 
@@ -279,3 +332,26 @@ def test_the_domain_type_reaches_every_domain(run_program) -> None:
     g = run_program("libvirt: {domain_type: qemu}\n")
     domains = g.named("libvirt:index/domain:Domain")
     assert domains and {g.input(d, "type") for d in domains} == {"qemu"}
+
+
+@pytest.mark.parametrize(
+    ("running", "configured", "refusal"),
+    [
+        ("1.36.3", "1.34.4", r"kubernetes\.version 1\.34\.4 is older than the cluster's 1\.36\.3"),
+        (
+            "1.35.4",
+            "1.37.2",
+            r"kubernetes\.version 1\.37\.2 is more than one minor version past the cluster's"
+            r" 1\.35\.4: .* upgrade to 1\.36\.3 first",
+        ),
+        ("1.36.3", "1.37.2", r"the node image of 1\.37\.2 is not built .* run `make image`"),
+    ],
+)
+def test_a_version_kubeadm_cannot_reach_registers_nothing(
+    run_program, tmp_path, monkeypatch, running, configured, refusal
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the project root, whose .lab/images has no image built
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "kubernetes-version").write_text(running + "\n")
+    with pytest.raises(SystemExit, match=refusal):
+        run_program(f"kubernetes: {{version: {configured}}}\n")

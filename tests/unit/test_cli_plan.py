@@ -71,7 +71,9 @@ def test_plan_applies_stack_overrides(tmp_path: Path) -> None:
         text=True,
     )
     steps = [s["step"] for s in json.loads(out.stdout)["steps"]]
-    assert steps[-2:] == ["cp3-gate", "verify"]
+    joins = steps[: steps.index("verify") + 1]
+    assert joins[-2:] == ["cp3-gate", "verify"]
+    assert steps[-2:] == ["cp3-upgrade-gate", "upgrade-verify"]
 
 
 def test_leave_refuses_an_unknown_node_or_half_an_identity_before_touching_anything() -> None:
@@ -91,3 +93,18 @@ def test_plan_with_kubernetes_off_has_no_chain(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout == "kubernetes.enabled is false: machines only, no join chain\n"
     assert json.loads(lab("plan", "--format", "json", "--config", str(cfg)).stdout)["steps"] == []
+
+
+def test_a_stacks_lab_config_is_the_file_lab_reads_with_that_stack(tmp_path: Path) -> None:
+    """`lab ... --stack S` reads the cluster.yaml S's `pulumi up` reads (lab:config)."""
+    small = tmp_path / "small.yaml"
+    small.write_text("control_plane: {count: 1}\nworkers: {count: 0}\n")
+    (tmp_path / "Pulumi.small.yaml").write_text(f"config:\n  lab:config: {small}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "lab.cli", "plan", "--stack", "small", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    steps = [s["step"] for s in json.loads(out.stdout)["steps"]]
+    assert steps[:3] == ["cp1-init", "cp1-gate", "verify"], out.stderr

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lab import cli
+from lab import cli, releases
 from lab.config import ConfigError, LabConfig, load_config, parse_config, stack_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,8 @@ def test_shipped_config_is_valid_and_matches_the_seed() -> None:
         t.cp_stabilize_timeout_seconds,
     ) == (120, 2400, 900)
     assert (str(cfg.endpoint_address), cfg.endpoint_port) == ("10.30.0.10", 8443)
-    assert cfg.image_source == ".lab/images/k8s-node-v1.34.4.qcow2"
+    assert cfg.kubernetes.version == releases.newest() == "1.37.2"
+    assert cfg.image_source == ".lab/images/k8s-node-v1.37.2.qcow2"
 
 
 def test_empty_file_means_all_defaults() -> None:
@@ -298,8 +299,9 @@ BAD: list[tuple[str, object, dict[str, str], str]] = [
         "a version the node image does not build",
         {"kubernetes": {"version": "1.33.5"}},
         {},
-        r"kubernetes\.version 1\.33\.5: the lab's node image builds Kubernetes 1\.34\.4 .*"
-        r"set 1\.34\.4, or give image\.source an image that has 1\.33\.5",
+        r"kubernetes\.version 1\.33\.5: the lab's node image builds 1\.37\.2, 1\.36\.3, .*"
+        r"\(image/versions\.tsv\); set one of them, or give image\.source an image that has"
+        r" 1\.33\.5",
     ),
     (
         "two nodes pinned to one address",

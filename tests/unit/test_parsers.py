@@ -24,11 +24,13 @@ from lab.ops.join import RUN_AGAIN, finished_phases
 from lab.ops.node import (
     ca_cert_hash,
     gist,
+    kubelet_versions,
     last_line,
     panicked_after_its_phases,
     parse_probes,
     ready_nodes,
 )
+from lab.ops.verify import version_check
 
 RECORDED = Path(__file__).with_name("recorded")
 
@@ -72,8 +74,13 @@ def test_token_and_certificate_key_are_the_last_line() -> None:
         last_line("\n\n")
 
 
-def test_ready_nodes_from_kubectl_json() -> None:
+def test_ready_nodes_and_kubelet_versions_from_kubectl_json() -> None:
     assert ready_nodes(recorded("kubectl-get-nodes.json")) == {"cp1": True, "worker1": False}
+    versions = kubelet_versions(recorded("kubectl-get-nodes.json"))
+    assert versions == {"cp1": "v1.34.4", "worker1": "?"}  # worker1's status has no nodeInfo yet
+    assert version_check({"cp1": "v1.34.4", "worker1": "v1.34.4"}, "1.34.4").ok
+    behind = version_check(versions | {"worker1": "v1.33.9"}, "1.34.4")
+    assert not behind.ok and behind.detail == "want v1.34.4: worker1 at v1.33.9"
     with pytest.raises(OpFailed, match="did not print JSON"):
         ready_nodes('error: the server doesn\'t have a resource type "nodes"')
 

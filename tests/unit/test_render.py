@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import keys
+from lab import keys, releases
 from lab.config import LabConfig, parse_config
 from lab.render import cloudinit, domain, endpoint, flannel, kubeadm
 from lab.topology import Node, Topology, build_topology
@@ -80,7 +80,7 @@ def test_user_data_only_configures(lab) -> None:
         assert not any(w in text for w in ("apt-get", "curl", "http://", "https://"))
 
 
-def test_only_cp1_carries_the_init_configuration_and_flannel(lab) -> None:
+def test_only_cp1_carries_kubeadms_patches_and_flannel_and_no_seed_names_a_version(lab) -> None:
     cfg, topo, state = lab
     paths = {
         n: [
@@ -90,8 +90,11 @@ def test_only_cp1_carries_the_init_configuration_and_flannel(lab) -> None:
         for n in ("cp1", "cp2", "worker1")
     }
     patches = list(kubeadm.emulated_patches("qemu"))  # the fixture's guests are emulated
-    assert paths["cp1"] == [kubeadm.INIT_PATH, *patches, flannel.MANIFEST_PATH]
+    assert paths["cp1"] == [*patches, flannel.MANIFEST_PATH]
     assert paths["cp2"] == paths["worker1"] == []
+    # lab init writes kubeadm's configuration: a changed version changes no seed (no machine).
+    for n in ("cp1", "cp2", "worker1"):
+        assert cfg.kubernetes.version not in render(cfg, topo, state, topo.node(n))
 
 
 def test_flannel_runs_the_images_own_flanneld_with_the_pod_cidr() -> None:
@@ -122,9 +125,17 @@ def test_flannel_image_tag_is_the_version_the_image_builds() -> None:
     assert f"github.com/flannel-io/flannel {flannel.FLANNEL_VERSION}\n" in go_mod
 
 
-def test_default_kubernetes_version_is_the_one_the_image_builds() -> None:
-    go_mod = (Path(__file__).parents[2] / "image" / "go" / "kubernetes" / "go.mod").read_text()
-    assert f"k8s.io/kubernetes v{LabConfig().kubernetes.version}" in go_mod
+def test_every_release_has_its_modules_pinned_and_the_default_is_the_newest() -> None:
+    go = Path(__file__).parents[2] / "image" / "go"
+    for r in releases.releases().values():
+        for modfile, module, version in (
+            (go / "kubernetes" / f"v{r.kubernetes}.mod", "k8s.io/kubernetes", f"v{r.kubernetes}"),
+            (go / "etcd" / f"v{r.etcd}.mod", "go.etcd.io/etcd/server/v3", f"v{r.etcd}"),
+            (go / "coredns" / f"{r.coredns}.mod", "github.com/coredns/coredns", r.coredns),
+        ):
+            assert f"require {module} {version}\n" in modfile.read_text(), modfile
+            assert modfile.with_suffix(".sum").is_file(), modfile
+    assert LabConfig().kubernetes.version == max(releases.releases(), key=releases.patch_key)
 
 
 def test_network_config_is_static_on_the_lab_bridge(lab) -> None:
@@ -145,10 +156,13 @@ def test_init_configuration_advertises_the_lab_address(lab) -> None:
         {"name": "node-ip", "value": "10.30.0.11"}
     ]
     assert cluster["controlPlaneEndpoint"] == "10.30.0.10:8443"  # the VIP, haproxy's port
-    assert cluster["kubernetesVersion"] == "v1.34.4"
+    assert cluster["kubernetesVersion"] == "v1.37.2"
+    # kubeadm runs exactly the etcd and CoreDNS the image holds (image/versions.tsv).
+    assert cluster["etcd"]["local"]["imageTag"] == "3.7.0-0"
+    assert cluster["dns"]["imageTag"] == "v1.14.6"
     assert cluster["networking"]["podSubnet"] == "10.244.0.0/16"
     assert cluster["apiServer"]["certSANs"] == ["10.30.0.10"]
-    assert "timeouts" not in init and "etcd" not in cluster  # kubeadm's defaults under KVM
+    assert "timeouts" not in init and "extraArgs" not in cluster["etcd"]["local"]  # KVM: defaults
     assert "featureGates" not in cluster
 
 
@@ -166,7 +180,11 @@ def test_emulated_guests_get_longer_timeouts_and_a_calmer_etcd(lab) -> None:
         assert flags["leader-elect-renew-deadline"] == "40s"
     flags = {a["name"]: a["value"] for a in cluster["apiServer"]["extraArgs"]}
     assert flags["etcd-healthcheck-timeout"] == "30s"
-    # a joining control plane's kubelet bootstraps through the endpoint, not its own API server
+    # 1.35 locks ControlPlaneKubeletLocalMode on and 1.36 removes it: kubeadm refuses to be told
+    assert "featureGates" not in cluster
+    # up to 1.34, a joining control plane's kubelet bootstraps through the endpoint
+    older = parse_config({"kubernetes": {"version": "1.34.4"}}, "x")
+    _, cluster = yaml.safe_load_all(kubeadm.init_configuration(older, topo.first, "qemu"))
     assert cluster["featureGates"] == {"ControlPlaneKubeletLocalMode": False}
     join = yaml.safe_load(
         kubeadm.join_configuration(
@@ -348,3 +366,20 @@ def test_every_guest_gets_one_cpu_socket_and_disks_with_cache_unsafe(
         {"name": "qemu", "type": "raw", "cache": "unsafe"},
         {"name": "qemu", "type": "raw"},
     ]
+
+
+def test_the_upgrade_pulls_nothing_and_keeps_the_control_planes_patches(lab) -> None:
+    cfg, topo, _ = lab
+    cp = yaml.safe_load(kubeadm.upgrade_configuration(cfg, topo.first, "qemu"))
+    assert cp["kind"] == "UpgradeConfiguration"
+    assert cp["plan"]["kubernetesVersion"] == cp["apply"]["kubernetesVersion"] == "v1.37.2"
+    assert cp["apply"]["imagePullPolicy"] == cp["node"]["imagePullPolicy"] == "Never"
+    assert cp["apply"]["patches"] == cp["node"]["patches"] == {"directory": kubeadm.PATCHES_DIR}
+    # kubeadm's health-check Job has a fixed 60 s, too short for an emulated pod's start
+    assert cp["plan"]["ignorePreflightErrors"] == cp["apply"]["ignorePreflightErrors"]
+    assert cp["apply"]["ignorePreflightErrors"] == ["CreateJob"]
+    assert cp["timeouts"]["upgradeManifests"] == "20m0s"
+    worker = yaml.safe_load(kubeadm.upgrade_configuration(cfg, topo.node("worker1"), "qemu"))
+    assert "patches" not in worker["node"]
+    kvm = yaml.safe_load(kubeadm.upgrade_configuration(cfg, topo.first, "kvm"))
+    assert "ignorePreflightErrors" not in kvm["apply"] and "timeouts" not in kvm
