@@ -106,14 +106,14 @@ test-engine: venv engine
 export LAB_UPGRADE_FROM := 1.36.3
 
 # A real cluster (1 control plane + 1 worker) from the node image, under software emulation,
-# upgraded with a workload serving: about 20-35 min on a 2-core host (README, Tests).
+# upgraded with a workload serving: about 20-35 min on a 2-core host (docs/testing.md).
 test-e2e: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(MAKE) image VERSION=$(LAB_UPGRADE_FROM)
 	$(PY) -m pytest -s tests/e2e/test_cluster.py
 
 # The HA cluster (3 control planes behind the VIP + 1 worker), failover, scaling and a partition:
-# over an hour on a 2-core host, so by hand, not in `make test` (README, Tests).
+# over an hour on a 2-core host, so by hand, not in `make test` (docs/testing.md).
 e2e-ha: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(MAKE) image VERSION=$(LAB_UPGRADE_FROM)

@@ -20,7 +20,6 @@ Usage (as root, from the repo root): .venv/bin/python -m benchmarks.cluster_benc
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from lab.etcd import EtcdError
 from lab.libvirtd import PrivateLibvirtd
 from lab.ops.common import OpFailed, Progress, Session, owns
 from lab.ops.node import fetch_credentials, kubeadm_join, kubeadm_reset, write_join_config
+from lab.preflight import on_link
 from lab.ssh import SshError
 from lab.topology import Node, build_topology
 from tests.e2e.cluster import ROOT, UP_TIMEOUT, UPGRADE_TO, Cluster, cluster_on
@@ -122,13 +122,6 @@ async def left_a_learner(session: Session, node: Node) -> str:
     except (OpFailed, EtcdError) as e:
         return f"etcd unreadable ({e}); "
     return "left a learner; " if any(m.is_learner and owns(node, m) for m in members) else ""
-
-
-def on_link(address: str) -> bool:
-    """Whether `address` is reached directly, not through a gateway (`ip route get` sends
-    nothing)."""
-    route = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True)
-    return route.returncode == 0 and "gateway" not in json.loads(route.stdout)[0]
 
 
 def main(args: list[str]) -> int:

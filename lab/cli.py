@@ -13,7 +13,7 @@ import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lab import releases
 from lab.config import (
@@ -192,6 +192,17 @@ def cmd_diagnose(cfg: LabConfig, args: argparse.Namespace) -> int:
     return _operate(cfg, body, json_out=args.json)
 
 
+def cmd_status(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from lab.ops.status import lab_status, render, to_json
+
+    async def body(session: Session) -> int:
+        status = await lab_status(session)
+        print(to_json(status) if args.json else render(status, cfg.cluster.name))
+        return EXIT_OK if status.healthy else EXIT_FAILED
+
+    return _operate(cfg, body, json_out=args.json)
+
+
 def cmd_verify(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.verify import verify
 
@@ -361,20 +372,44 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+NODE_HELP = "a node of the config: cp1, cp2, ... or worker1, worker2, ..."
+
+
+def _command(
+    sub: Any, common: argparse.ArgumentParser, name: str, what: str, *examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows how it is typed."""
+    epilog = "examples:\n" + "\n".join(f"  lab {e}" for e in examples) if examples else None
+    return cast(
+        argparse.ArgumentParser,
+        sub.add_parser(
+            name,
+            parents=[common],
+            help=what,
+            description=what[0].upper() + what[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ),
+    )
+
+
 def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
-    i = sub.add_parser("init", parents=[common], help="kubeadm init on cp1, then the CNI")
+    i = _command(sub, common, "init", "kubeadm init on cp1, then the CNI", "init --stack dev")
     i.add_argument(
         "--forget", action="store_true", help="forget the cluster's version (pulumi destroy)"
     )
     i.set_defaults(func=cmd_init)
-    u = sub.add_parser(
+    u = _command(
+        sub,
+        common,
         "upgrade",
-        parents=[common],
-        help="upgrade a node to kubernetes.version (cp1 first, then each control plane, workers)",
+        "upgrade a node to kubernetes.version (cp1 first, then each control plane, workers)",
+        "upgrade cp1      # kubeadm upgrade plan + apply, drain, kubelet, uncordon",
+        "upgrade worker1  # drain, kubeadm upgrade node, kubelet, uncordon",
     )
-    u.add_argument("node", help="the node to upgrade, e.g. cp1 (a no-op if it is at the version)")
+    u.add_argument("node", metavar="NODE", help=f"{NODE_HELP}; a no-op if it is at the version")
     u.set_defaults(func=cmd_upgrade)
-    g = sub.add_parser("gate", parents=[common], help="wait until etcd is stable with N voters")
+    g = _command(sub, common, "gate", "wait until etcd is stable with N voters", "gate --voters 3")
     g.add_argument(
         "--voters",
         type=_positive(int),
@@ -387,26 +422,62 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
         help="seconds (default tuning.cp_stabilize_timeout_seconds)",
     )
     g.set_defaults(func=cmd_gate)
-    j = sub.add_parser("join", parents=[common], help="join a node, with cleanup, gate and retry")
-    j.add_argument("node")
+    j = _command(
+        sub, common, "join", "join a node, with cleanup, gate and retry", "join cp2", "join worker1"
+    )
+    j.add_argument("node", metavar="NODE", help=f"{NODE_HELP}; a no-op if it has joined")
     j.set_defaults(func=cmd_join)
-    c = sub.add_parser("cleanup-learners", parents=[common], help="remove stale etcd learners")
+    c = _command(
+        sub,
+        common,
+        "cleanup-learners",
+        "remove stale etcd learners (never a voter)",
+        "cleanup-learners --dry-run",
+    )
     c.add_argument("--node", default=None, help="also remove this node's own learner")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     c.set_defaults(func=cmd_cleanup)
-    d = sub.add_parser("diagnose", parents=[common], help="connectivity, etcd status, root cause")
-    d.add_argument("--json", action="store_true")
+    d = _command(
+        sub,
+        common,
+        "diagnose",
+        "connectivity matrix, etcd members and status, the VIP, and the likeliest root cause",
+        "diagnose --stack dev",
+    )
+    d.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     d.set_defaults(func=cmd_diagnose)
-    v = sub.add_parser("verify", parents=[common], help="every member started, voters, nodes Ready")
-    v.add_argument("--json", action="store_true")
+    st = _command(
+        sub,
+        common,
+        "status",
+        "the lab on one screen: nodes, machines, etcd members, the VIP, healthy or not",
+        "status --stack dev",
+    )
+    st.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    st.set_defaults(func=cmd_status)
+    v = _command(
+        sub,
+        common,
+        "verify",
+        "every member started, no learner, the voters, every node Ready at the version, the VIP",
+        "verify --wait",
+    )
+    v.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
     v.add_argument(
         "--wait",
         action="store_true",
         help="poll until every check passes (up to tuning.cp_stabilize_timeout_seconds)",
     )
     v.set_defaults(func=cmd_verify)
-    lv = sub.add_parser("leave", parents=[common], help="remove a node, keeping etcd's quorum")
-    lv.add_argument("node")
+    lv = _command(
+        sub,
+        common,
+        "leave",
+        "remove a node, keeping etcd's quorum",
+        "leave worker2",
+        "leave cp3 --address 10.30.0.13 --role control-plane  # a node no longer in the config",
+    )
+    lv.add_argument("node", metavar="NODE", help=NODE_HELP)
     lv.add_argument("--force", action="store_true", help="remove even when quorum would break")
     lv.add_argument(
         "--address", type=ipaddress.IPv4Address, help="the node's address (default: the config's)"
@@ -414,17 +485,32 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     lv.add_argument("--role", choices=["control-plane", "worker"], help="with --address")
     lv.add_argument("--host-key", help="its SSH host public key (default: the pinned one)")
     lv.set_defaults(func=cmd_leave)
-    sh = sub.add_parser("ssh", parents=[common], help="run a command on a node: ssh NODE -- CMD")
-    sh.add_argument("node")
+    sh = _command(
+        sub,
+        common,
+        "ssh",
+        "run a command on a node as root, over SSH with its pinned host key",
+        "ssh cp1 -- ctr -n k8s.io containers ls",
+        "ssh worker1 -- journalctl -u kubelet -n 20",
+    )
+    sh.add_argument("node", metavar="NODE", help=f"{NODE_HELP}; the command follows --")
     sh.set_defaults(func=cmd_ssh)
-    k = sub.add_parser(
+    k = _command(
+        sub,
+        common,
         "kubectl",
-        parents=[common],
-        help="kubectl on cp1 (or the next control plane up), as the cluster admin: kubectl ARGS",
+        "kubectl on cp1 (or the next control plane up), as the cluster admin",
+        "kubectl get nodes -o wide",
+        "kubectl apply -f - < app.yaml",
     )
     k.set_defaults(func=cmd_kubectl)
-    ld = sub.add_parser(
-        "libvirtd", parents=[common], help="the lab's private libvirtd, where the host runs none"
+    ld = _command(
+        sub,
+        common,
+        "libvirtd",
+        "the lab's private libvirtd, where the host runs none",
+        "libvirtd start",
+        "libvirtd exec -- virsh list --all",
     )
     ld.add_argument("action", choices=["start", "stop", "exec"], help="exec: exec -- CMD")
     ld.set_defaults(func=cmd_libvirtd)
@@ -441,18 +527,39 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--stack", help="also apply the lab:* overrides of Pulumi.<STACK>.yaml, as pulumi up does"
     )
-    p = argparse.ArgumentParser(prog="lab", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    plan = sub.add_parser("plan", parents=[common], help="print the join order and its chain")
-    plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
+    p = argparse.ArgumentParser(
+        prog="lab",
+        description=__doc__,
+        epilog="`lab COMMAND --help` explains a command's arguments, with examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plan = _command(
+        sub,
+        common,
+        "plan",
+        "print the chain's steps in order, from the config alone",
+        "plan",
+        "plan --format mermaid",
+    )
+    plan.add_argument(
+        "--format",
+        choices=["text", "mermaid", "json"],
+        default="text",
+        help="text (default), a mermaid flowchart, or JSON for scripts",
+    )
     plan.set_defaults(func=cmd_plan)
-    pre = sub.add_parser("preflight", parents=[common], help="check this host before pulumi up")
+    pre = _command(sub, common, "preflight", "check this host before pulumi up", "preflight")
     pre.add_argument(
         "--preview", action="store_true", help="for pulumi preview: the node image may be missing"
     )
     pre.set_defaults(func=cmd_preflight)
-    ver = sub.add_parser(
-        "version", parents=[common], help="the configured, running and built Kubernetes versions"
+    ver = _command(
+        sub,
+        common,
+        "version",
+        "the configured, running and built Kubernetes versions",
+        "version",
     )
     ver.add_argument("--short", action="store_true", help="only kubernetes.version (for make)")
     ver.set_defaults(func=cmd_version)

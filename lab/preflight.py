@@ -6,6 +6,8 @@ Pulumi would report the same problems, later and in the provider's words (`dial 
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -72,3 +74,10 @@ def host_problems(cfg: LabConfig, kvm: Path = Path("/dev/kvm"), *, image: bool =
     if xslt_tool() is None:
         problems.append(XSLT_TOOL_MISSING)
     return problems
+
+
+def on_link(address: str) -> bool:
+    """Whether `address` is reached directly, not through a gateway (`ip route get` sends
+    nothing): the lab's guests are on a link only where its network is (its namespace)."""
+    route = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True)
+    return route.returncode == 0 and "gateway" not in json.loads(route.stdout)[0]

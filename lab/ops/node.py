@@ -115,7 +115,7 @@ async def wait_until_reachable(session: Session, node: Node, max_wait: float) ->
                 machine = machine_name(session.cfg, node)
                 raise OpFailed(
                     f"{e}; none for {max_wait:.0f}s: is its machine {machine} running and"
-                    " booted? (README, Diagnosing: a machine that never answers)"
+                    " booted? (README, Troubleshooting: a machine never answers SSH)"
                 ) from None
             await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     left = max(5.0, deadline - time.monotonic())

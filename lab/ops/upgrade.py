@@ -247,7 +247,8 @@ async def kubeadm_upgrade(
 
 async def cluster_version(session: Session, admin: Node) -> str:
     """kubernetesVersion of the cluster's kubeadm configuration (without the v)."""
-    config = await cluster_configuration(session, admin)
+    cm = await kubeadm_config_map(session, admin)
+    config = yaml.safe_load(cm["data"]["ClusterConfiguration"])
     return str(config["kubernetesVersion"]).removeprefix("v")
 
 
@@ -260,12 +261,6 @@ async def kubeadm_config_map(session: Session, admin: Node) -> dict[str, Any]:
     )
     cm: dict[str, Any] = json.loads(out)
     return cm
-
-
-async def cluster_configuration(session: Session, admin: Node) -> dict[str, Any]:
-    cm = await kubeadm_config_map(session, admin)
-    config: dict[str, Any] = yaml.safe_load(cm["data"]["ClusterConfiguration"])
-    return config
 
 
 async def set_release_tags(session: Session, admin: Node, release: releases.Release) -> None:
@@ -305,7 +300,10 @@ async def stage(session: Session, node: Node, bundle: Bundle, *, everything: boo
     every image for a control plane, ADDONS for the rest."""
     sh = session.shell(node)
     staged = f"{STAGE}/v{bundle.version}"
-    r = await sh.run(f"cd {staged} 2>/dev/null && sha256sum {' '.join(BINARIES)} 2>/dev/null")
+    r = await sh.run(
+        f"cd {staged} 2>/dev/null && sha256sum {' '.join(BINARIES)} 2>/dev/null",
+        timeout=60 * session.slowdown,
+    )
     have = {ln.split()[1]: ln.split()[0] for ln in r.stdout.splitlines() if len(ln.split()) == 2}
     for name in BINARIES:
         data = bundle.binary(name).read_bytes()

@@ -92,21 +92,65 @@ def vip_check(states: list[EndpointState]) -> Check:
     return Check("endpoint VIP", False, "; ".join([detail, *down]))
 
 
-async def checks_now(session: Session) -> list[Check]:
-    try:
-        snap = await session.snapshot()
-        checks = etcd_checks(snap, len(session.topo.control_planes))
-    except (OpFailed, EtcdError) as e:
-        checks = [Check("etcd members", False, str(e))]
-    try:
-        listed = await kube_nodes_json(session)
-        checks += node_checks(ready_nodes(listed), [n.name for n in session.topo.nodes])
-        checks.append(version_check(kubelet_versions(listed), session.cfg.kubernetes.version))
-    except (OpFailed, SshError) as e:
-        checks.append(Check("nodes Ready", False, str(e)))
+@dataclass
+class Observed:
+    """One look at the lab, each part read at once: etcd, the API's nodes, the endpoint; a part
+    that could not be read says why instead."""
+
+    snap: Snapshot | None
+    etcd_error: str
+    nodes_json: str | None
+    nodes_error: str
+    endpoints: list[EndpointState]
+
+
+async def observe(session: Session) -> Observed:
+    async def etcd() -> Snapshot | str:
+        try:
+            return await session.snapshot()
+        except (OpFailed, EtcdError) as e:
+            return str(e)
+
+    async def nodes() -> str | Exception:
+        try:
+            return await kube_nodes_json(session)
+        except (OpFailed, SshError) as e:
+            return e
+
+    async def endpoint() -> list[EndpointState]:
+        return await endpoint_states(session) if session.cfg.serves_vip else []
+
+    snap, listed, endpoints = await asyncio.gather(etcd(), nodes(), endpoint())
+    return Observed(
+        snap if isinstance(snap, Snapshot) else None,
+        snap if isinstance(snap, str) else "",
+        listed if isinstance(listed, str) else None,
+        str(listed) if isinstance(listed, Exception) else "",
+        endpoints,
+    )
+
+
+def checks_of(session: Session, seen: Observed) -> list[Check]:
+    if seen.snap is None:
+        checks = [Check("etcd members", False, seen.etcd_error)]
+    else:
+        checks = etcd_checks(seen.snap, len(session.topo.control_planes))
+    if seen.nodes_json is None:
+        checks.append(Check("nodes Ready", False, seen.nodes_error))
+    else:
+        try:
+            ready, versions = ready_nodes(seen.nodes_json), kubelet_versions(seen.nodes_json)
+            checks += node_checks(ready, [n.name for n in session.topo.nodes])
+            checks.append(version_check(versions, session.cfg.kubernetes.version))
+        except OpFailed as e:
+            checks.append(Check("nodes Ready", False, str(e)))
     if session.cfg.serves_vip:
-        checks.append(vip_check(await endpoint_states(session)))
+        checks.append(vip_check(seen.endpoints))
     return checks
+
+
+async def checks_now(session: Session) -> list[Check]:
+    return checks_of(session, await observe(session))
 
 
 async def verify(session: Session, wait: float = 0) -> list[Check]:

@@ -22,7 +22,7 @@ JOIN_PATH = "/etc/kubernetes/lab/join.yaml"
 
 # Under software emulation (domain type qemu) kubeadm's default timeouts are too short: a
 # control-plane join between two emulated guests failed after ~190 s, leaving its learner. These
-# are the values that let joins finish there (README, "Real Kubernetes under emulation").
+# are the values that let joins finish there (docs/emulation.md).
 EMULATED_TIMEOUTS = {
     "controlPlaneComponentHealthCheck": "20m0s",
     "kubeletHealthCheck": "20m0s",
@@ -72,7 +72,7 @@ def _node_registration(node: Node, domain_type: DomainType) -> dict[str, Any]:
         "kubeletExtraArgs": _args(kubelet),
     }
     # kubeadm wants 2 CPUs on a control plane; `control_plane.cpus: 1` is a small host's choice
-    # (measured here: slower, README "How the join works"), so kubeadm is told to accept it.
+    # (measured here: slower, docs/emulation.md), so kubeadm is told to accept it.
     if node.is_control_plane and node.cpus < 2:
         registration["ignorePreflightErrors"] = ["NumCPU"]
     return registration

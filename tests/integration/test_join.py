@@ -59,6 +59,21 @@ def test_1_happy_path(make_harness: Callable[..., Harness]) -> None:
     assert json.loads(verify.stdout)["ok"] is True
     assert lab.voters() == list(CPS) and not lab.learners()
     assert all(m.get("name") for m in lab.members())
+    # `lab status`: one screen of the same lab (no libvirt here: machines "unknown")
+    shown = lab.lab("status", "--json")
+    ok(shown)
+    status = json.loads(shown.stdout)
+    assert status["healthy"] is True and status["up"] is True, status
+    assert [(n["name"], n["ready"]) for n in status["nodes"]] == [
+        (n, True) for n in (*CPS, "worker1")
+    ]
+    members = status["etcd"]
+    assert sorted(m["name"] for m in members if m["role"] == "voter") == sorted(CPS)
+    assert sum(m["leader"] for m in members) == 1
+    assert all(m["behind"] is not None and m["term"] for m in members)
+    screen = lab.lab("status")
+    ok(screen)
+    assert screen.stdout.splitlines()[-1] == "lab labit: healthy", screen.stdout
 
 
 def test_2_seed_failure_blocked_peer_then_lifted(make_harness: Callable[..., Harness]) -> None:

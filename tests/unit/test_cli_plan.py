@@ -3,6 +3,7 @@ the reason on bad input (a bad config, an unknown node) before anything runs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -108,3 +109,14 @@ def test_a_stacks_lab_config_is_the_file_lab_reads_with_that_stack(tmp_path: Pat
     )
     steps = [s["step"] for s in json.loads(out.stdout)["steps"]]
     assert steps[:3] == ["cp1-init", "cp1-gate", "verify"], out.stderr
+
+
+def test_every_subcommands_help_explains_its_arguments_with_an_example() -> None:
+    from lab.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert command.description, name
+        assert command.epilog and f"lab {name}" in command.epilog, name
+        for action in command._actions:
+            assert action.help, f"lab {name}: {action.dest} has no help"
