@@ -1,5 +1,6 @@
 """The Kubernetes releases the lab's node image builds, and what goes with each: image/versions.tsv,
-the one table the image build reads too. Also where a built release lives in the state folder."""
+the one table the image build reads too. Also where a built release lives (.lab/images), the
+version the lab's cluster runs (recorded in its state folder), and what kubeadm cannot upgrade."""
 
 from __future__ import annotations
 
@@ -22,10 +23,6 @@ class Release:
     @property
     def etcd_tag(self) -> str:
         return f"{self.etcd}-0"
-
-    @property
-    def minor(self) -> tuple[int, int]:
-        return minor_of(self.kubernetes)
 
 
 def minor_of(version: str) -> tuple[int, int]:

@@ -196,6 +196,18 @@ def test_5_etcd_has_one_voter_and_no_learner_and_cp1_holds_the_vip(cluster: Clus
     members = [(m["name"], m["is_learner"], m["started"]) for m in diagnosis["members"]]
     assert members == [("cp1", False, True)]
     assert diagnosis["stale_learners"] == []
+    # `lab status`: the same lab on one screen, its machines read from libvirt
+    began = time.monotonic()
+    screen = cluster.lab("status").stdout
+    print(f"\nlab status ({time.monotonic() - began:.1f} s):\n{screen}")
+    assert screen.rstrip().endswith(f"lab {cluster.name}: healthy"), screen
+    status = json.loads(cluster.lab("status", "--json").stdout)
+    assert [(n["name"], n["machine"], n["ready"]) for n in status["nodes"]] == [
+        ("cp1", "running", True),
+        ("worker1", "running", True),
+    ]
+    assert [(m["name"], m["role"], m["leader"]) for m in status["etcd"]] == [("cp1", "voter", True)]
+    assert status["vip_holder"] == "cp1"
 
 
 def test_6_a_raised_version_upgrades_in_place_with_the_workload_serving(cluster: Cluster) -> None:
