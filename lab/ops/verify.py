@@ -105,29 +105,25 @@ class Observed:
 
 
 async def observe(session: Session) -> Observed:
-    async def etcd() -> Snapshot | str:
+    async def etcd() -> tuple[Snapshot | None, str]:
         try:
-            return await session.snapshot()
+            return await session.snapshot(), ""
         except (OpFailed, EtcdError) as e:
-            return str(e)
+            return None, str(e)
 
-    async def nodes() -> str | Exception:
+    async def nodes() -> tuple[str | None, str]:
         try:
-            return await kube_nodes_json(session)
+            return await kube_nodes_json(session), ""
         except (OpFailed, SshError) as e:
-            return e
+            return None, str(e)
 
     async def endpoint() -> list[EndpointState]:
         return await endpoint_states(session) if session.cfg.serves_vip else []
 
-    snap, listed, endpoints = await asyncio.gather(etcd(), nodes(), endpoint())
-    return Observed(
-        snap if isinstance(snap, Snapshot) else None,
-        snap if isinstance(snap, str) else "",
-        listed if isinstance(listed, str) else None,
-        str(listed) if isinstance(listed, Exception) else "",
-        endpoints,
+    (snap, etcd_error), (listed, nodes_error), endpoints = await asyncio.gather(
+        etcd(), nodes(), endpoint()
     )
+    return Observed(snap, etcd_error, listed, nodes_error, endpoints)
 
 
 def checks_of(session: Session, seen: Observed) -> list[Check]:
