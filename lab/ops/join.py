@@ -42,6 +42,7 @@ from lab.ops.node import (
 )
 from lab.ops.retry import Attempt, Backoff, RetriesExhausted, retry
 from lab.ops.upgrade import bring_to_release
+from lab.releases import minor_of
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -129,7 +130,9 @@ async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> 
 # these for both, with kubeadm's own `--skip-phases`. The etcd member is added in `etcd-join`
 # when kubeadm's ControlPlaneKubeletLocalMode is on (its default), in `control-plane-join/etcd`
 # when it is off (the emulated profile, lab/render/kubeadm.py): both are skipped, as kubeadm
-# skips the one its gate does not run.
+# skips the one its gate does not run. kubeadm 1.36 removed `control-plane-join/etcd` with the
+# gate, and calls the name an "invalid phase name" (HA run 18: a partial join undone, not
+# finished): `after_etcd_join` leaves it out from there on.
 AFTER_ETCD_JOIN = (
     "preflight",
     "control-plane-prepare",
@@ -139,6 +142,14 @@ AFTER_ETCD_JOIN = (
     "control-plane-join/etcd",
 )
 ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd.yaml"
+ETCD_SUBPHASE_REMOVED = (1, 36)
+
+
+def after_etcd_join(version: str) -> tuple[str, ...]:
+    """AFTER_ETCD_JOIN as kubeadm `version` names its phases."""
+    if minor_of(version) < ETCD_SUBPHASE_REMOVED:
+        return AFTER_ETCD_JOIN
+    return tuple(p for p in AFTER_ETCD_JOIN if p != "control-plane-join/etcd")
 
 
 async def finish_partial_join(
@@ -192,7 +203,8 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
     phases, and their configuration fetch timed out), and only once the endpoint answers within
     kubeadm's limit again. Any other failure is the attempt's."""
     step = progress(session, node, attempt)
-    skip: tuple[str, ...] = AFTER_ETCD_JOIN
+    done = after_etcd_join(session.cfg.kubernetes.version)
+    skip = done
     for run in range(1, REMAINING_PHASES_RUNS + 1):
         again = f", run {run}" if run > 1 else ""
         if run > 1:
@@ -208,7 +220,7 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
             if last or classify(str(e))[0] not in RUN_AGAIN:
                 raise
             session.say(node.name, f"    {e}")
-            skip = AFTER_ETCD_JOIN + finished_phases(str(e))
+            skip = done + finished_phases(str(e))
 
 
 def finished_phases(error: str) -> tuple[str, ...]:

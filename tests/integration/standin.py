@@ -33,7 +33,8 @@ certificates, the API server) is reduced to what the lab can observe:
   does: every phase done, then a nil-pointer panic on its done message, exit 2.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
   `--skip-phases` skips preflight, control-plane-prepare
-  (the certificate key) and etcd-join.
+  (the certificate key) and etcd-join; a name that is not a phase of the node's release
+  (`control-plane-join/etcd` from 1.36 on) fails as kubeadm does: "invalid phase name".
   A worker (no controlPlane section) only registers the Node; with `join_held` in the node
   file it first waits until that is false again (a slow node, held by the test).
 - `kubeadm reset -f`: remove this node's etcd member through the cluster if it can (a warning if
@@ -550,6 +551,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     if name != node.name:
         raise Fail(f"nodeRegistration.name {name!r} is not this node ({node.name})")
     skip = set(args.skip_phases.split(",")) if args.skip_phases else set()
+    phases = phases_of(node.version)
+    if unknown := sorted(skip - phases):
+        raise Fail(f"invalid phase name: {unknown[0]}")
     if "preflight" not in skip:
         preflight(joining=True)
     api, endpoints = discovery(node, join)
@@ -590,7 +594,7 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
             ' error on the server ("[+]ping ok\\n[-]etcd failed: reason withheld\\nlivez check'
             ' failed") has prevented the request from succeeding'
         )
-    if READS_CONFIG.isdisjoint(PHASES - skip):
+    if READS_CONFIG.isdisjoint(phases - skip):
         # Real kubeadm 1.34: its done message reads the cluster's configuration, which only these
         # phases fetch (HA run 16).
         print(DONE_MESSAGE_PANIC, file=sys.stderr, flush=True)
@@ -612,6 +616,14 @@ PHASES = {
     "wait-control-plane",
 }
 READS_CONFIG = PHASES - {"wait-control-plane"}
+
+
+def phases_of(version: str) -> set[str]:
+    """kubeadm 1.36 removed control-plane-join/etcd (cmd/kubeadm/app/cmd/phases/join)."""
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return PHASES - {"control-plane-join/etcd"} if (major, minor) >= (1, 36) else PHASES
+
+
 DONE_MESSAGE_PANIC = """\
 panic: runtime error: invalid memory address or nil pointer dereference
 [signal SIGSEGV: segmentation violation code=0x1 addr=0x50 pc=0x236516a]

@@ -20,7 +20,7 @@ import pytest
 from lab.etcd import describe
 from lab.ops.classify import classify
 from lab.ops.common import OpFailed
-from lab.ops.join import RUN_AGAIN, finished_phases
+from lab.ops.join import RUN_AGAIN, after_etcd_join, finished_phases
 from lab.ops.node import (
     ca_cert_hash,
     gist,
@@ -170,6 +170,16 @@ def test_a_run_of_the_remaining_phases_goes_on_where_the_last_one_failed(
     mark = "error execution phase control-plane-join/mark-control-plane: timed out"
     assert finished_phases(mark) == ("kubelet-wait-bootstrap",)
     assert finished_phases("no phase named") == ()
+
+
+def test_the_phases_skipped_after_etcd_join_are_those_kubeadm_of_the_release_names() -> None:
+    """kubeadm 1.36 removed control-plane-join/etcd and refuses its name in --skip-phases
+    (HA run 18, 1.37.2: "invalid phase name: control-plane-join/etcd")."""
+    for version in ("1.34.4", "1.35.4"):
+        assert "control-plane-join/etcd" in after_etcd_join(version)
+    for version in ("1.36.3", "1.37.2"):
+        assert "control-plane-join/etcd" not in after_etcd_join(version)
+        assert after_etcd_join(version)[-1] == "etcd-join"
 
 
 def test_a_panic_on_kubeadms_done_message_is_told_from_a_failed_phase() -> None:
