@@ -31,12 +31,17 @@ from tests.integration.harness import ADDRESSES, Harness, wait_until
 CPS = ("cp1", "cp2", "cp3")
 SEED = Path(__file__).with_name("seed_join.sh")
 PARTITION_SECONDS = 20.0
-# The project's retry knobs, scaled for a harness whose joins take seconds, not minutes.
-TUNING: dict[str, float] = {
+# The project's retry knobs, scaled for a harness whose joins take seconds, not minutes; the
+# gate's as a user's config leaves them (the integration tier shortens them): timed from the
+# host, whose domain type the harness config sets to kvm.
+TUNING: dict[str, float | None] = {
     "cp_join_retry_attempts": 8,
     "cp_join_retry_sleep_seconds": 2,
     "cp_join_retry_max_sleep_seconds": 10,
     "cp_join_retry_max_total_seconds": 600,
+    "gate_consecutive_polls": 3,
+    "gate_poll_interval_seconds": None,
+    "gate_min_window_seconds": None,
 }
 
 
@@ -176,7 +181,10 @@ def main() -> int:
         for mine, other in ((": lab", ": seed"), (": lab", ": one SSH call at a time")):
             if k.endswith(mine) and k[: -len(mine)] + other in medians:
                 base = medians[k[: -len(mine)] + other]
-                print(f"  {k[: -len(mine)]:<50} {other.strip(': ')} / lab = {base / m:5.2f}x")
+                print(
+                    f"  {k[: -len(mine)]:<50} {other.strip(': ')} / lab = {base / m:5.2f}x,"
+                    f" lab / {other.strip(': ')} = {m / base:5.2f}"
+                )
     return 0
 
 

@@ -247,7 +247,10 @@ def cmd_init(cfg: LabConfig, args: argparse.Namespace) -> int:
     from lab.ops.init import init
 
     if args.forget:  # the chain's delete: the cluster is gone with its machines
+        from lab.ops.gate import RECORD
+
         releases.record(cfg.state_dir, None)
+        (cfg.state_dir / RECORD).unlink(missing_ok=True)
         return EXIT_OK
 
     async def body(session: Session) -> int:
@@ -396,7 +399,9 @@ def _command(
 def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
     i = _command(sub, common, "init", "kubeadm init on cp1, then the CNI", "init --stack dev")
     i.add_argument(
-        "--forget", action="store_true", help="forget the cluster's version (pulumi destroy)"
+        "--forget",
+        action="store_true",
+        help="forget the cluster's version and etcd's last stable state (pulumi destroy)",
     )
     i.set_defaults(func=cmd_init)
     u = _command(

@@ -275,8 +275,9 @@ class Tuning(Strict):
     cp_join_retry_max_total_seconds: int = Field(2400, ge=1)
     cp_stabilize_timeout_seconds: int = Field(900, ge=1)
     gate_consecutive_polls: int = Field(3, ge=1)
-    gate_poll_interval_seconds: float = Field(2, gt=0)
-    gate_min_window_seconds: float = Field(10, ge=0)
+    # None: from the host (lab.ops.common.Session.gate_window and poll_interval).
+    gate_poll_interval_seconds: float | None = Field(None, gt=0)
+    gate_min_window_seconds: float | None = Field(None, ge=0)
     gate_max_applied_lag: int = Field(50, ge=0)
 
     @model_validator(mode="after")

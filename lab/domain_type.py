@@ -23,6 +23,9 @@ SLOWDOWN: dict[DomainType, float] = {"kvm": 1, "qemu": 6}
 # How many times `cp_join_retry_max_total_seconds` a join may take: an emulated control plane's
 # first attempt took 23-34 min (HA runs 9 and 10), leaving a second 4 min of the default 40.
 JOIN_BUDGET: dict[DomainType, float] = {"kvm": 1, "qemu": 3}
+# etcd's election timeout on the lab's control planes: etcd's default under KVM; emulated
+# members churned through elections with it, so lab.render.kubeadm sets 5 s for them.
+ELECTION_TIMEOUT_SECONDS: dict[DomainType, float] = {"kvm": 1, "qemu": 5}
 BOOTED = "Kernel panic - not syncing: VFS"  # the kernel came up and looked for its root disk
 KVM_FAILED = "KVM internal error"
 

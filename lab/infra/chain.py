@@ -22,6 +22,7 @@ from lab.topology import Node, Step, Topology, build_topology
 MachineFactory = Callable[[Node, Sequence[pulumi.Resource]], Machine]
 LAB = ".venv/bin/lab"  # Pulumi.yaml's virtualenv; providers run in the project directory
 KUBECONFIG_COMMAND = "sudo cat /etc/kubernetes/admin.conf"  # on cp1, once cp1-init has run
+VERSION_VARIABLE = "LAB_KUBERNETES_VERSION"  # an upgrade step's input that the version changes
 
 
 @dataclass(frozen=True)
@@ -37,21 +38,31 @@ class LabInvocation:
 
 @dataclass(frozen=True)
 class StepCommands:
-    """What one step's resource (a local.Command, in the project directory) runs: `create`, and
-    `delete` on destroy or a smaller count."""
+    """What one step's resource (a local.Command, in the project directory) runs: `create`,
+    `update` when an input (an upgrade step's version) changes, and `delete` on destroy or a smaller
+    count."""
 
     create: str
-    delete: str | None
+    delete: str | None = None
+    update: str | None = None
 
 
 def step_commands(step: Step, cfg: LabConfig, lab: LabInvocation) -> StepCommands:
     """The commands the chain registers for `step`; needs no engine, so a test runs them as is."""
-    delete = None
+    command = lab.command(*step.lab_args)
+    if step.phase == "upgrade":
+        # Created with its node, which is made at (or, joining later, brought to) the version:
+        # nothing to upgrade, so nothing asked of the guests; a changed version updates it.
+        said = (
+            f"{step.name}: new, at v{cfg.kubernetes.version} already;"
+            f" a changed kubernetes.version runs: lab {shlex.join(step.lab_args)}"
+        )
+        return StepCommands(shlex.join(["echo", said]), update=command)
     if step.kind == "join" and step.node:
-        delete = leave_command(build_topology(cfg).node(step.node), cfg, lab)
-    elif step.kind == "init":
-        delete = lab.command("init", "--forget")  # the cluster is gone: forget its version
-    return StepCommands(lab.command(*step.lab_args), delete)
+        return StepCommands(command, leave_command(build_topology(cfg).node(step.node), cfg, lab))
+    if step.kind == "init":
+        return StepCommands(command, lab.command("init", "--forget"))  # forget its version
+    return StepCommands(command)
 
 
 def leave_command(node: Node, cfg: LabConfig, lab: LabInvocation) -> str:
@@ -100,19 +111,23 @@ class JoinChain(pulumi.ComponentResource):
         for step in steps:
             after: list[pulumi.Resource] = [self.steps[s] for s in step.after]
             triggers: list[pulumi.Input[str]] | None = None
+            environment: dict[str, str] | None = None
             if step.makes_machine:
                 node = topo.node(str(step.node))
                 made = machine(node, [self.steps[s] for s in step.boot_after])
                 after.append(made)
                 triggers = [made.domain.id]  # a rebuilt machine joins again
             elif step.phase == "upgrade":
-                triggers = [cfg.kubernetes.version]  # a changed version upgrades again
+                # A changed input runs `update`; a changed trigger would replace (create again).
+                environment = {VERSION_VARIABLE: cfg.kubernetes.version}
             commands = step_commands(step, cfg, lab)
             self.steps[step.name] = local.Command(
                 step.name,
                 create=commands.create,
+                update=commands.update,
                 delete=commands.delete,
                 triggers=triggers,
+                environment=environment,
                 logging=local.Logging.STDOUT_AND_STDERR,
                 # A rebuilt machine's join: leave with the old one before joining the new one
                 # (the default, create first, would run the join and then the leave of the node).

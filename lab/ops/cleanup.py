@@ -75,7 +75,7 @@ async def find_stale(session: Session, node: str | None = None) -> list[Stale]:
     t = session.cfg.tuning
     snaps = [await session.snapshot()]
     if any((_lag(snaps[0], m) or 0) > t.gate_max_applied_lag for m in snaps[0].learners):
-        await asyncio.sleep(max(t.gate_poll_interval_seconds, 1.0))  # is it catching up?
+        await asyncio.sleep(max(session.poll_interval, 1.0))  # is it catching up?
         snaps.append(await session.snapshot())
     busy = await joining(session, snaps[-1])
     return stale_learners(snaps, node=node, max_lag=t.gate_max_applied_lag, joining=busy)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lab.config import LabConfig
-from lab.domain_type import SLOWDOWN, DomainType
+from lab.domain_type import ELECTION_TIMEOUT_SECONDS, SLOWDOWN, DomainType
 from lab.domain_type import choose as choose_domain_type
 from lab.etcd import Alarm, Etcd, EtcdError, Member, Status, TLSFiles, client_url, host_port
 from lab.keys import write_private
@@ -160,6 +160,20 @@ class Session:
     @property
     def slowdown(self) -> float:
         return SLOWDOWN[self.domain_type]
+
+    @property
+    def gate_window(self) -> float:
+        """The gate's stable window: tuning's, else twice etcd's election timeout here (a member
+        that stops hearing its leader campaigns within one): 2 s under KVM, 10 s emulated."""
+        window = self.cfg.tuning.gate_min_window_seconds
+        return 2 * ELECTION_TIMEOUT_SECONDS[self.domain_type] if window is None else window
+
+    @property
+    def poll_interval(self) -> float:
+        """How often the gate (and the join's other waits on etcd) ask: tuning's, else a quarter
+        of the window, so a window holds several polls."""
+        interval = self.cfg.tuning.gate_poll_interval_seconds
+        return max(self.gate_window / 4, 0.25) if interval is None else interval
 
     def shell(self, node: Node) -> NodeShell:
         if node.name not in self._shells:

@@ -2,6 +2,9 @@
 session, its output and exit status going to files there, and polled over SSH: a connection
 dropped mid-command (seen with loaded emulated guests) costs a reconnect, not the cluster.
 Idempotent by its files: a finished run is not started again, one still running is waited for.
+Each SSH call of the wait looks for the exit status on the node every second, for up to a minute:
+the end is seen within a second (polling every 5 s times the slowdown added up to 30 s to every
+`kubeadm init` under emulation), at one SSH call a minute.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from lab.ssh import SshError
 from lab.topology import Node
 
 DIR = "/etc/kubernetes/lab"
-POLL_SECONDS = 5.0
+WAIT_SECONDS = 60  # one SSH call's wait on the node
+RETRY_SECONDS = 5.0  # after a failed SSH call, times the slowdown
 State = Literal["done", "running", "failed", "none"]
 
 
@@ -68,17 +72,21 @@ class Detached:
     async def wait(self, session: Session, node: Node, deadline: float, what: str) -> str:
         """Wait for the run to end; its log, or OpFailed naming `what` and kubeadm's error."""
         sh, status = session.shell(node), ""
+        look = (
+            f"for i in $(seq {WAIT_SECONDS}); do [ -s {self.status} ] && break; sleep 1; done;"
+            f" cat {self.status} 2>/dev/null"
+        )
         while not status:
             try:
-                r = await sh.run(f"cat {self.status} 2>/dev/null", timeout=30 * session.slowdown)
+                r = await sh.run(look, timeout=WAIT_SECONDS + 30 * session.slowdown)
                 status = r.stdout.strip()
                 if status:
                     break
             except SshError as e:
                 session.say(node.name, f"SSH failed while waiting ({e}); trying again")
+                await asyncio.sleep(RETRY_SECONDS * session.slowdown)
             if time.monotonic() > deadline:
                 raise OpFailed(f"{node.name}: {what} did not finish in time; see {self.log} there")
-            await asyncio.sleep(POLL_SECONDS * session.slowdown)
         log = (await sh.run(f"cat {self.log}", timeout=30 * session.slowdown)).stdout
         if status != "0":
             raise OpFailed(f"{node.name}: {what} failed (exit {status}): {gist(log)}")

@@ -2,15 +2,28 @@
 exactly N started voters and no learner, one leader and one raft term every member agrees on,
 applied indexes close to the leader's, no alarm, and a linearizable read that succeeds, for K
 consecutive polls over a minimum window: a promote fails unless the learner can catch up.
+
+The window is counted from the first stable poll that saw the same members, leader and term,
+by this gate or an earlier one (or `lab init`, or a join's watch of its member; the state folder
+keeps it): the term changes with every election, so the same term at both ends means no leader
+changed in between, and any poll in between that was not stable forgets the record. A gate that
+follows another with nothing changed (the chain's gate after a join's own, the next join's
+before it) passes at its first poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from lab.ops.common import Session, Snapshot
+from lab.etcd import EtcdError
+from lab.ops.common import OpFailed, Session, Snapshot
+
+RECORD = "etcd-stable.json"  # in the state folder
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,56 @@ def check(snap: Snapshot, voters: int, max_lag: int) -> list[Violation]:
     return out
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What only an election or a membership change alters, as a stable poll saw it."""
+
+    members: tuple[int, ...]
+    leader: int
+    term: int
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> Evidence:
+        lead = snap.leader_status
+        members = tuple(sorted(m.id for m in snap.members))
+        return cls(members, lead.member_id if lead else 0, lead.raft_term if lead else 0)
+
+
+def stable_since(state_dir: Path, seen: Evidence | None, now: float) -> float | None:
+    """Note one poll (`seen`: stable, None: not) and return since when (time.time()) the lab has
+    seen etcd stable as it is now: the record's time when it saw the same, else `now`."""
+    path = state_dir / RECORD
+    if seen is None:
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        if Evidence(tuple(kept["members"]), kept["leader"], kept["term"]) == seen:
+            return float(kept["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or unreadable: start from this poll
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{os.getpid()}")
+    part.write_text(json.dumps(asdict(seen) | {"since": now}))
+    part.replace(path)  # whole, even with two gates at once
+    return now
+
+
+def note(session: Session, snap: Snapshot, voters: int) -> None:
+    """A look at etcd taken anyway (a join's watch) kept as a gate's poll at `voters`."""
+    stable = not check(snap, voters, session.cfg.tuning.gate_max_applied_lag)
+    stable_since(session.cfg.state_dir, Evidence.of(snap) if stable else None, time.time())
+
+
+async def note_stable(session: Session, voters: int) -> None:
+    """One gate poll, kept for the next gate (`lab init`'s, as flannel is applied); one that
+    cannot ask etcd yet notes nothing: the gate asks again."""
+    try:
+        note(session, await session.snapshot(), voters)
+    except (OpFailed, EtcdError):
+        return
+
+
 @dataclass
 class GateResult:
     ok: bool
@@ -104,43 +167,43 @@ class GateResult:
 async def gate(
     session: Session, voters: int, timeout: float | None = None, *, who: str = "gate"
 ) -> GateResult:
-    """Poll until the snapshot is stable for K polls over the minimum window, or time out."""
+    """Poll until etcd has been stable for the window, over K polls of this gate or since an
+    earlier poll saw it the same (above), or time out."""
     t, say = session.cfg.tuning, session.say
+    window, interval = session.gate_window, session.poll_interval
     timeout = t.cp_stabilize_timeout_seconds if timeout is None else timeout
     say(who, f"waiting for a stable etcd with {voters} voter(s) (up to {timeout:.0f}s)")
-    t0 = time.monotonic()
-    streak, streak_start, polls = 0, 0.0, 0
+    t0, began = time.monotonic(), time.time()
+    streak, polls = 0, 0
     last: list[Violation] = []
     shown: set[str] = set()
     while True:
         polls += 1
-        now = time.monotonic()
         snap = await session.snapshot()
         last = check(snap, voters, t.gate_max_applied_lag)
-        if last:
+        now = time.time()
+        since = stable_since(session.cfg.state_dir, None if last else Evidence.of(snap), now)
+        if since is None:
             streak = 0
             rules = {str(v) for v in last}
             if rules != shown:
                 say(who, "not stable: " + "; ".join(sorted(rules)))
                 shown = rules
         else:
-            if streak == 0:
-                streak_start = now
             streak += 1
             shown = set()
-            if (
-                streak >= t.gate_consecutive_polls
-                and now - streak_start >= t.gate_min_window_seconds
-            ):
+            earlier = since < began  # seen so by an earlier gate: its polls count too
+            if now - since >= window and (streak >= t.gate_consecutive_polls or earlier):
                 lead, term = snap.leader, snap.leader_status
                 lead_name = snap.label(lead) if lead else "?"
+                how = f"{streak} polls" if not earlier else "the same since an earlier check"
                 say(
                     who,
                     f"stable: {voters} voter(s), no learner, leader {lead_name},"
-                    f" term {term.raft_term if term else '?'} ({streak} polls)",
+                    f" term {term.raft_term if term else '?'} for {now - since:.0f}s ({how})",
                 )
                 return GateResult(True, time.monotonic() - t0, polls, [])
-        if time.monotonic() - t0 + t.gate_poll_interval_seconds > timeout:
+        if time.monotonic() - t0 + interval > timeout:
             if not last:
                 last = [
                     Violation(
@@ -150,4 +213,4 @@ async def gate(
                     )
                 ]
             return GateResult(False, time.monotonic() - t0, polls, last)
-        await asyncio.sleep(t.gate_poll_interval_seconds)
+        await asyncio.sleep(interval)

@@ -7,11 +7,13 @@ again, one still running is waited for, and a failed one is reset and run again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from lab.ops.common import Session
 from lab.ops.detached import Detached, State
 from lab.ops.endpoint import serve_endpoint
+from lab.ops.gate import note_stable
 from lab.ops.node import KUBECONFIG, kubeadm_reset, kubectl_until_ok, wait_until_reachable
 from lab.render import flannel
 from lab.render.kubeadm import INIT_PATH, init_configuration
@@ -45,11 +47,15 @@ async def init(session: Session) -> None:
         print(log, end="", flush=True)  # kubeadm's own account, as if it had run here
     say("kubeadm init done")
     if session.cfg.kubernetes.cni == "flannel":
-        applied = await kubectl_until_ok(
-            session, node, f"apply -f {flannel.MANIFEST_PATH}", deadline
+        # The gate's first poll while flannel is applied: its window runs meanwhile.
+        applied, _ = await asyncio.gather(
+            kubectl_until_ok(session, node, f"apply -f {flannel.MANIFEST_PATH}", deadline),
+            note_stable(session, voters=1),
         )
         print(applied, end="", flush=True)
         say("flannel applied")
+    else:
+        await note_stable(session, voters=1)
 
 
 async def init_state(session: Session, node: Node) -> State:

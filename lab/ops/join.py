@@ -25,9 +25,10 @@ from lab.ops.cleanup import cleanup_learners
 from lab.ops.common import OpFailed, Session, owns
 from lab.ops.diagnose import diagnose, render
 from lab.ops.endpoint import refresh_others, serve_endpoint
-from lab.ops.gate import gate
+from lab.ops.gate import gate, note
 from lab.ops.leader import leader_kept_off
 from lab.ops.node import (
+    Credentials,
     admin_node,
     fetch_credentials,
     kube_nodes,
@@ -101,17 +102,17 @@ async def join(session: Session, name: str) -> None:
 
 async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> None:
     step, t = progress(session, node, attempt), session.cfg.tuning
-    step("preflight: SSH, peer port 2380 both ways, API endpoint")
-    await preflight(session, node)
-    step("remove leftovers: its etcd member, kubeadm reset -f, stale learners")
-    await forget(session, node)
-    await cleanup_learners(session, node.name)
+    creds = await prepare(session, node, attempt)
     voters = len((await session.snapshot()).voters)
     step(f"gate on the {voters} current voter(s)")
     await stable(session, voters, min(t.cp_stabilize_timeout_seconds, attempt.left()), node.name)
     async with leader_kept_off(session, node):
         try:
-            await kubeadm_join_fresh(session, node, attempt, watch=True)
+            await write_join_config(session, node, creds)
+            step("kubeadm join, its etcd member watched")
+            await stopped_once_a_voter(
+                session, node, kubeadm_join(session, node, timeout=attempt.left()), voters + 1
+            )
         except OpFailed as e:
             await finish_partial_join(session, node, attempt, e)
         step(f"gate on {voters + 1} voters")
@@ -238,7 +239,7 @@ async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> 
     """Promote the node's learner once etcd accepts: until the learner has started and caught
     up, etcd refuses ("can only promote a learner member which is in sync with leader")."""
     began = time.monotonic()
-    interval = session.cfg.tuning.gate_poll_interval_seconds
+    interval = session.poll_interval
     for refusals in itertools.count():
         learners = [m for m in (await session.snapshot()).members_of(node) if m.is_learner]
         if not learners:  # kubeadm's last retry, or a promote whose reply was lost (HA run 10)
@@ -264,24 +265,36 @@ async def promote_when_in_sync(session: Session, node: Node, timeout: float) -> 
 
 
 async def join_worker(session: Session, node: Node, attempt: Attempt) -> None:
-    progress(session, node, attempt)("preflight: SSH, API endpoint")
-    await preflight(session, node)
-    await kubeadm_join_fresh(session, node, attempt)
-
-
-async def kubeadm_join_fresh(
-    session: Session, node: Node, attempt: Attempt, *, watch: bool = False
-) -> None:
-    """`kubeadm join` with a token (and certificate key) fetched now: they expire. `watch`: a
-    control plane's, watched from etcd (below)."""
-    step = progress(session, node, attempt)
-    admin = await admin_node(session)
-    step(f"fresh token, CA hash and certificate key from {admin.name}")
-    creds = await fetch_credentials(session, admin, control_plane=node.is_control_plane)
+    creds = await prepare(session, node, attempt)
     await write_join_config(session, node, creds)
-    step("kubeadm join" + (", its etcd member watched" if watch else ""))
-    join = kubeadm_join(session, node, timeout=attempt.left())
-    await (stopped_once_a_voter(session, node, join) if watch else join)
+    progress(session, node, attempt)("kubeadm join")
+    await kubeadm_join(session, node, timeout=attempt.left())
+
+
+async def prepare(session: Session, node: Node, attempt: Attempt) -> Credentials:
+    """An attempt's preflight, (a control plane) the leftovers of an earlier one removed, and a
+    fresh token (and certificate key: they expire) from the admin node, all at once: none needs
+    another's result, and each is a few SSH round trips to a different node."""
+    admin, cp = await admin_node(session), node.is_control_plane
+    parts = ["preflight (SSH, API endpoint" + (", peer port 2380 both ways)" if cp else ")")]
+    if cp:
+        parts.append("remove leftovers (its etcd member, kubeadm reset -f, stale learners)")
+    parts.append(f"fresh credentials from {admin.name}")
+    progress(session, node, attempt)("at once: " + "; ".join(parts))
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(preflight(session, node))
+            if cp:
+                group.create_task(remove_leftovers(session, node))
+            creds = group.create_task(fetch_credentials(session, admin, control_plane=cp))
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # the attempt's failure, for the retry to classify
+    return creds.result()
+
+
+async def remove_leftovers(session: Session, node: Node) -> None:
+    await forget(session, node)
+    await cleanup_learners(session, node.name)
 
 
 # HA runs 9, 15 and 16: kubeadm's promote went through, its reply did not come back within
@@ -296,18 +309,22 @@ VOTER_GRACE_SECONDS = 5
 
 
 async def stopped_once_a_voter(
-    session: Session, node: Node, join: Coroutine[Any, Any, None]
+    session: Session, node: Node, join: Coroutine[Any, Any, None], voters: int
 ) -> None:
+    """(Above.) Each look is also a gate's poll at `voters`: the gate after the join counts its
+    window from the first stable one, while kubeadm's last phases run."""
     grace = VOTER_GRACE_SECONDS * session.slowdown
-    interval = max(session.cfg.tuning.gate_poll_interval_seconds, 5.0)
+    interval = max(session.poll_interval, session.gate_window / 2)  # 1 s under KVM, 5 s emulated
     task = asyncio.ensure_future(join)
     voter_since: float | None = None
     try:
         while not (await asyncio.wait({task}, timeout=interval))[0]:
             try:
-                members = (await session.snapshot()).members_of(node)
+                snap = await session.snapshot()
             except (OpFailed, EtcdError):
                 continue  # a loaded etcd: ask again next time
+            note(session, snap, voters)
+            members = snap.members_of(node)
             is_voter = bool(members) and not any(m.is_learner for m in members)
             voter_since = (voter_since or time.monotonic()) if is_voter else None
             if voter_since is None or time.monotonic() - voter_since < grace:
@@ -358,7 +375,7 @@ async def already_joined(session: Session, node: Node) -> bool:
         voters = [m for m in snap.members_of(node) if not m.is_learner]
         if not voters or all(snap.healthy(m) for m in voters):
             return bool(voters)
-        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds)
+        await asyncio.sleep(session.poll_interval)
     raise OpFailed(
         f"{node.name} is a voting member but not healthy; check it with"
         f" `lab diagnose`, or `lab leave {node.name}` and join again"

@@ -13,7 +13,7 @@ from typing import Any
 from lab.etcd import EtcdError
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.endpoint import EndpointState, endpoint_states
-from lab.ops.node import kube_nodes_json, kubelet_versions, ready_nodes
+from lab.ops.node import KUBECONFIG, admin_node, kube_nodes_json, kubelet_versions, ready_nodes
 from lab.ssh import SshError
 
 
@@ -149,6 +149,24 @@ async def checks_now(session: Session) -> list[Check]:
     return checks_of(session, await observe(session))
 
 
+async def until_next_poll(session: Session, failing: list[str], deadline: float) -> None:
+    """Only nodes NotReady (a CNI pod starting): kubectl's watch returns as they become Ready.
+    Else one stable window: each poll runs kubectl on a control plane, dear to an emulated one."""
+    began = time.monotonic()
+    if failing != ["nodes Ready"]:
+        await asyncio.sleep(session.gate_window)
+        return
+    left = max(1.0, deadline - time.monotonic())
+    command = f"kubectl --kubeconfig {KUBECONFIG} wait --for=condition=Ready node --all"
+    try:
+        admin = await admin_node(session)
+        await session.shell(admin).run(f"{command} --timeout={left:.0f}s", timeout=left + 30)
+    except (OpFailed, SshError):
+        pass  # the next poll says what is wrong
+    # A node not registered yet: kubectl waits for those it lists, so it may return at once.
+    await asyncio.sleep(max(0.0, session.poll_interval - (time.monotonic() - began)))
+
+
 async def verify(session: Session, wait: float = 0) -> list[Check]:
     """The checks once, or (wait > 0) polled until all pass or `wait` seconds are spent: right
     after a join a node stays NotReady until its CNI pod runs, so the chain's verify waits."""
@@ -162,8 +180,7 @@ async def verify(session: Session, wait: float = 0) -> list[Check]:
         if now_failing != failing:
             session.say(None, f"waiting (up to {wait:.0f}s) for: {', '.join(now_failing)}")
             failing = now_failing
-        # Each poll runs kubectl on a control plane: an emulated guest pays dearly, so poll less.
-        await asyncio.sleep(session.cfg.tuning.gate_poll_interval_seconds * session.slowdown)
+        await until_next_poll(session, now_failing, deadline)
     for c in checks:
         session.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
     return checks

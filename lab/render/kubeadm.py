@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from lab.config import API_PORT, LabConfig
-from lab.domain_type import DomainType
+from lab.domain_type import ELECTION_TIMEOUT_SECONDS, DomainType
 from lab.releases import Release, minor_of
 from lab.topology import Node
 
@@ -33,7 +33,10 @@ EMULATED_TIMEOUTS = {
 }
 # etcd's default heartbeat (100 ms) and election timeout (1 s) made emulated members churn
 # through elections; set at init, they hold for every member that joins later.
-EMULATED_ETCD = {"heartbeat-interval": "500", "election-timeout": "5000"}
+EMULATED_ETCD = {
+    "heartbeat-interval": f"{ELECTION_TIMEOUT_SECONDS['qemu'] * 100:.0f}",
+    "election-timeout": f"{ELECTION_TIMEOUT_SECONDS['qemu'] * 1000:.0f}",
+}
 # kube-controller-manager and kube-scheduler renew their leader lease every 2 s, within 10 s, by
 # requests of 5 s: an emulated API server answers slower, they lose the lease and restart, over
 # and over, and a new node's certificate request waits unapproved. Four times as long holds.

@@ -100,6 +100,9 @@ class Cluster:
         print(f"\npulumi up: {time.monotonic() - began:.0f} s wall\n{'step':<40}{'seconds':>8}")
         for label, seconds in table:
             print(f"{label:<40}{seconds:>8.0f}")
+        total, floor = dict(table).get("total (pulumi up)"), table[-1][1]
+        if total and table[-1][0].startswith("floor"):
+            print(f"{'pulumi up / floor':<40}{total / floor:>8.2f}")
         return table
 
     def assert_second_up_changes_nothing(self) -> None:
@@ -266,9 +269,9 @@ def step_table(log: Path) -> list[tuple[str, float]]:
         name, op = md["urn"].rsplit("::", 1)[-1], md["op"].removesuffix("-replacement")
         if op == "create":
             created.setdefault(name, e["timestamp"])
-        if "command:local:Command" in md["urn"] and op in ("create", "delete"):
-            chain.append((e["timestamp"], name if op == "create" else f"{name} (delete)"))
-            if op == "create":
+        if "command:local:Command" in md["urn"] and op in ("create", "update", "delete"):
+            chain.append((e["timestamp"], f"{name} (delete)" if op == "delete" else name))
+            if op != "delete":
                 stdout[name] = str(md.get("new", {}).get("outputs", {}).get("stdout", ""))
     assert first is not None and last is not None
     rows = []
@@ -285,7 +288,9 @@ def step_table(log: Path) -> list[tuple[str, float]]:
     if "cp1-init" in stdout:
         init = {m: t for t, m in said(stdout["cp1-init"], "cp1", start["cp1-init"])}
         rows += [(label, init[message]) for message, label in PHASES]
-    rows += [(step, at) for at, step in sorted(chain) if step != "cp1-init"]
+    # In the order they finished; the event log's 1 s timestamps tie, and its order does not.
+    finished = sorted(chain, key=lambda c: c[0])
+    rows += [(step, at) for at, step in finished if step != "cp1-init"]
     table, before = [], first
     for label, at in rows:
         table.append((label, at - before))

@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[2]
 # LAB_IT_SSHD lets test 8 point the tier at a missing sshd and see it fail (never skip).
 SSHD = os.environ.get("LAB_IT_SSHD") or shutil.which("sshd") or "/usr/sbin/sshd"
 # Short tuning so the tier runs in minutes (the knobs of lab/config.py Tuning).
-TUNING: dict[str, float] = {
+TUNING: dict[str, float | None] = {
     "join_max_wait_seconds": 20,
     "cp_join_retry_attempts": 5,
     "cp_join_retry_sleep_seconds": 1,
@@ -464,7 +464,7 @@ class Harness:
         self,
         tmp: Path,
         nodes: Sequence[str] = ("cp1", "cp2", "cp3"),
-        tuning: dict[str, float] | None = None,
+        tuning: dict[str, float | None] | None = None,
         promote_timeout: float = PROMOTE_TIMEOUT,
         endpoint: str = "cp1",
     ) -> None:

@@ -5,10 +5,10 @@ run `lab` commands they write themselves. This test closes the gap: it takes the
 harness config and, step by step in plan order, runs exactly what the chain registers
 (`lab.infra.chain.step_commands`, the function JoinChain builds its resources from):
 
-- every step (a local.Command, cp1-init's `lab init` too), the upgrade's no-ops on a cluster made
-  at kubernetes.version included: its shell string, run with `sh -c` in
+- every step (a local.Command, cp1-init's `lab init` too): its shell string, run with `sh -c` in
   the project directory (where the provider runs, so `.venv/bin/lab` and the stack's
-  Pulumi.<stack>.yaml resolve), in the harness's host namespace;
+  Pulumi.<stack>.yaml resolve), in the harness's host namespace; an upgrade step's create (a
+  message) and its update (what a changed version runs: no-ops on a cluster made at the version);
 - the kubeconfig (a remote.Command): its command over SSH to cp1 as the config's login user, as
   one command string that the login shell runs (what remote.Command's SSH session does);
 - then, with the config edited down to one control plane, what `pulumi up` (or `pulumi destroy`)
@@ -100,13 +100,19 @@ def run_the_chain(lab: Harness, cfg: LabConfig) -> None:
 
     ran = []
     for step in plan:
-        out = run(step.name, step_commands(step, cfg, invocation).create, remote=False)
+        commands = step_commands(step, cfg, invocation)
+        out = run(step.name, commands.create, remote=False)
         ran.append(step.name)
         if step.kind == "init":
             assert "Using certificate key" in out  # kubeadm's own output, relayed by lab init
             kubeconfig = run("kubeconfig", KUBECONFIG_COMMAND, remote=True)
             assert "kind: Config" in kubeconfig
             assert releases.recorded(cfg.state_dir) == cfg.kubernetes.version
+        if step.phase == "upgrade":  # created: says so; updated (a changed version): runs lab
+            assert out.startswith(f"{step.name}: new, at v{cfg.kubernetes.version} already")
+            out = run(f"{step.name} (update)", str(commands.update), remote=False)
+        if step.kind == "gate" and step.name != "cp1-gate":  # a join's own gate saw it so
+            assert "the same since an earlier check" in out, out
         if step.kind == "upgrade":  # every node was made at the version: read on it, a no-op
             assert f"{step.node}: already at v{cfg.kubernetes.version}" in out
     assert ran == [s.name for s in plan] and ran[-1] == "upgrade-verify"

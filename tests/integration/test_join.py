@@ -332,7 +332,15 @@ def test_5_leader_restart_during_gate(make_harness: Callable[..., Harness]) -> N
     ok(lab.lab("join", "cp2"))
     ok(lab.lab("join", "cp3"))
     lab.write_config(gate_min_window_seconds=6, gate_consecutive_polls=4)
+    # A new term (the leader moved), so no earlier gate saw etcd so: this gate has its own window.
+    old = lab.leader()
+    ids = {m["name"]: m["ID"] for m in lab.members()}
+    new = next(n for n in CPS if n != old)
+    lab.etcdctl(
+        "move-leader", f"{ids[new]:x}", endpoints=[f"https://{harness.ADDRESSES[old]}:2379"]
+    )
     leader = lab.nodes[lab.leader()]
+    assert leader.name == new
     gate = lab.lab_background("gate", "--voters", "3", "--timeout", "120")
     leader.kill_etcd()
     assert gate.proc.poll() is None, f"the gate ended before the leader went down:\n{gate.output}"

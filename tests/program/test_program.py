@@ -91,7 +91,7 @@ def test_a_changed_version_reruns_the_upgrade_chain_and_replaces_nothing_else(
     run_program,
 ) -> None:
     """Machines keep the image they were made from (the base image ignores its source); every
-    other resource's inputs stay, and each upgrade step is triggered by the version."""
+    other resource's inputs stay, and each upgrade step's input holds the version."""
     before, after = run_program(), run_program("kubernetes: {version: 1.36.3}\n")
     changed = {
         name
@@ -99,9 +99,10 @@ def test_a_changed_version_reruns_the_upgrade_chain_and_replaces_nothing_else(
         if r.custom and r.inputs != after.resources[name].inputs
     }
     assert changed == set(UPGRADE_CHAIN)
-    for step in UPGRADE_CHAIN:
-        assert before.input(step, "triggers") == ["1.37.2"]
-        assert after.input(step, "triggers") == ["1.36.3"]
+    for step in UPGRADE_CHAIN:  # an input, not a trigger: a change runs the update command
+        assert before.input(step, "environment") == {"LAB_KUBERNETES_VERSION": "1.37.2"}
+        assert after.input(step, "environment") == {"LAB_KUBERNETES_VERSION": "1.36.3"}
+        assert not before.input(step, "triggers")
     assert before.resources["base-image"].ignore_changes == {"source"}
 
 
@@ -166,10 +167,14 @@ def test_steps_run_the_lab_commands_a_person_would_type(run_program, tmp_path) -
     assert g.input("verify", "delete") is None
     assert g.input("cp1-init", "create") == f".venv/bin/lab init {tail}"
     assert g.input("cp1-init", "delete") == f".venv/bin/lab init --forget {tail}"
-    assert g.input("cp1-upgrade", "create") == f".venv/bin/lab upgrade cp1 {tail}"
+    # An upgrade step is created with its node, made at the version: it asks nothing of the
+    # guests then; a changed version runs its update.
+    assert g.input("cp1-upgrade", "update") == f".venv/bin/lab upgrade cp1 {tail}"
     assert g.input("cp1-upgrade", "delete") is None
-    assert g.input("cp2-upgrade-gate", "create") == f".venv/bin/lab gate {tail}"  # every cp
-    assert g.input("upgrade-verify", "create") == f".venv/bin/lab verify --wait {tail}"
+    assert g.input("cp2-upgrade-gate", "update") == f".venv/bin/lab gate {tail}"  # every cp
+    assert g.input("upgrade-verify", "update") == f".venv/bin/lab verify --wait {tail}"
+    for step in UPGRADE_CHAIN:
+        assert g.input(step, "create").startswith(f"echo '{step}: new, at v1.37.2 already;")
 
 
 def test_a_joins_delete_names_its_node_whatever_the_config_says_later(

@@ -4,13 +4,14 @@ learners are stale, the quorum rule of leave, verify's checks and diagnose's rec
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from lab.etcd import Alarm, Member, Status
 from lab.ops.cleanup import stale_learners
 from lab.ops.common import Snapshot
 from lab.ops.diagnose import recommend
 from lab.ops.endpoint import EndpointState
-from lab.ops.gate import check
+from lab.ops.gate import Evidence, check, stable_since
 from lab.ops.leave import leave_refusal, quorum
 from lab.ops.node import TcpPath
 from lab.ops.verify import etcd_checks, node_checks, vip_check
@@ -150,6 +151,28 @@ def test_gate_rejects_no_leader_lag_alarm_and_failed_read() -> None:
 def test_gate_reports_a_failed_member_list() -> None:
     s = Snapshot([], {}, [], "timed out", "member list on 10.30.0.11:2379: timed out")
     assert rules(check(s, 1, max_lag=50)) == {("members", "cluster")}
+
+
+def test_stable_since_counts_from_the_first_poll_that_saw_the_same_members_leader_and_term(
+    tmp_path: Path,
+) -> None:
+    """The gate's window may begin in an earlier gate: while members, leader and term stay (no
+    election raises the term), the record keeps its time; anything else starts it again."""
+    seen = Evidence.of(healthy3())
+    assert seen == Evidence((0x11, 0x12, 0x13), 0x11, 2)
+    assert stable_since(tmp_path, seen, 100.0) == 100.0
+    assert stable_since(tmp_path, seen, 130.0) == 100.0  # a later gate: the same since 100
+    elected = Evidence.of(
+        snap(
+            [member("cp1"), member("cp2"), member("cp3")],
+            {n: status(n, leader="cp2", term=3) for n in ("cp1", "cp2", "cp3")},
+        )
+    )
+    assert stable_since(tmp_path, elected, 140.0) == 140.0
+    assert stable_since(tmp_path, None, 150.0) is None  # a poll that was not stable forgets it
+    assert stable_since(tmp_path, elected, 160.0) == 160.0
+    (tmp_path / "etcd-stable.json").write_text("{not json")
+    assert stable_since(tmp_path, elected, 170.0) == 170.0
 
 
 # ------------------------------------------------------------------------ stale learners
