@@ -1,12 +1,13 @@
 """`lab join <node>`: join a node, retried until it holds or the budget is spent.
 
-One control-plane attempt: preflight (SSH, cpN <-> voters on 2380, cpN -> API endpoint), undo what
-an earlier attempt left (remove its member, reset the node, remove stale learners), gate on the
-current voters, fresh credentials from cp1 (or the next control plane up), `kubeadm join` (if it
-failed with its member in etcd: the learner it started promoted here, then its remaining phases),
-gate on one more voter. One worker attempt: preflight (API endpoint), fresh credentials, `kubeadm
-join`. After a failed attempt the node's member is removed and the node reset, then we back off;
-a final failure leaves etcd as it was (no member for the node) and prints a diagnosis.
+One control-plane attempt, at once: preflight (SSH, cpN <-> voters on 2380, cpN -> API endpoint),
+undo what an earlier attempt left (remove its member, reset the node, remove stale learners) and
+fresh credentials from cp1 (or the next control plane up); then gate on the current voters,
+`kubeadm join` (if it failed with its member in etcd: the learner it started promoted here, then
+its remaining phases), gate on one more voter. One worker attempt: preflight (API endpoint) and
+fresh credentials at once, then `kubeadm join`. After a failed attempt the node's member is
+removed and the node reset, then we back off; a final failure leaves etcd as it was (no member
+for the node) and prints a diagnosis.
 """
 
 from __future__ import annotations
