@@ -141,10 +141,12 @@ def stable_since(state_dir: Path, seen: Evidence | None, now: float) -> float | 
     return now
 
 
-def note(session: Session, snap: Snapshot, voters: int) -> None:
-    """A look at etcd taken anyway (a join's watch) kept as a gate's poll at `voters`."""
-    stable = not check(snap, voters, session.cfg.tuning.gate_max_applied_lag)
-    stable_since(session.cfg.state_dir, Evidence.of(snap) if stable else None, time.time())
+def note(session: Session, snap: Snapshot, voters: int) -> tuple[list[Violation], float | None]:
+    """One poll at `voters` (the gate's, or a look taken anyway: a join's watch) checked and
+    kept: its violations, and since when etcd has been stable as now (None: not stable)."""
+    violations = check(snap, voters, session.cfg.tuning.gate_max_applied_lag)
+    seen = None if violations else Evidence.of(snap)
+    return violations, stable_since(session.cfg.state_dir, seen, time.time())
 
 
 async def note_stable(session: Session, voters: int) -> None:
@@ -180,9 +182,8 @@ async def gate(
     while True:
         polls += 1
         snap = await session.snapshot()
-        last = check(snap, voters, t.gate_max_applied_lag)
+        last, since = note(session, snap, voters)
         now = time.time()
-        since = stable_since(session.cfg.state_dir, None if last else Evidence.of(snap), now)
         if since is None:
             streak = 0
             rules = {str(v) for v in last}

@@ -205,8 +205,7 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
     phases, and their configuration fetch timed out), and only once the endpoint answers within
     kubeadm's limit again. Any other failure is the attempt's."""
     step = progress(session, node, attempt)
-    done = after_etcd_join(session.cfg.kubernetes.version)
-    skip = done
+    skip = base = after_etcd_join(session.cfg.kubernetes.version)
     for run in range(1, REMAINING_PHASES_RUNS + 1):
         again = f", run {run}" if run > 1 else ""
         if run > 1:
@@ -222,7 +221,7 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
             if last or classify(str(e))[0] not in RUN_AGAIN:
                 raise
             session.say(node.name, f"    {e}")
-            skip = done + finished_phases(str(e))
+            skip = base + finished_phases(str(e))
 
 
 def finished_phases(error: str) -> tuple[str, ...]:

@@ -288,9 +288,8 @@ def step_table(log: Path) -> list[tuple[str, float]]:
     if "cp1-init" in stdout:
         init = {m: t for t, m in said(stdout["cp1-init"], "cp1", start["cp1-init"])}
         rows += [(label, init[message]) for message, label in PHASES]
-    # In the order they finished; the event log's 1 s timestamps tie, and its order does not.
-    finished = sorted(chain, key=lambda c: c[0])
-    rows += [(step, at) for at, step in finished if step != "cp1-init"]
+    # In the log's order, the order they finished (its 1 s timestamps tie; sorting by name did).
+    rows += [(step, at) for at, step in chain if step != "cp1-init"]
     table, before = [], first
     for label, at in rows:
         table.append((label, at - before))
