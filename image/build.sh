@@ -22,6 +22,14 @@
 #        default: the newest release of image/versions.tsv
 set -euo pipefail
 
+# In a mount namespace of its own: the image's file system is mounted only there. A namespace that
+# another process unshared while it was mounted in the host's (the integration tier's nodes do)
+# kept it mounted after the build's umount, so the image was written unflushed, its journal
+# needing recovery and its /etc/fstab lost: guests booted with / read-only (session 19).
+if [ -z "${LAB_IMAGE_BUILD_NS:-}" ]; then
+  exec env LAB_IMAGE_BUILD_NS=1 unshare --mount --propagation private "$0" "$@"
+fi
+
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 src=$root/image
 cache=${LAB_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-libvirt-lab/images}
@@ -221,6 +229,10 @@ EOF
   cp "$(ls "$mnt"/boot/vmlinuz-* | head -n1)" "$cache/vmlinuz"
   echo "LABEL=root / ext4 defaults 0 1" >"$mnt/etc/fstab"
   umount "$mnt"
+  if dumpe2fs -h "$loop" 2>/dev/null | grep -q needs_recovery; then
+    echo "image: the image's file system is still mounted elsewhere after its umount" >&2
+    exit 1
+  fi
   losetup -d "$loop" && loop=
   dd if=/usr/lib/syslinux/mbr/mbr.bin of="$raw" bs=440 count=1 conv=notrunc status=none
   qemu-img convert -c -O qcow2 "$raw" "$image.tmp" && mv "$image.tmp" "$image"
