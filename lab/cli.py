@@ -273,6 +273,82 @@ def cmd_upgrade(cfg: LabConfig, args: argparse.Namespace) -> int:
     return _operate(cfg, body, changes_members=f"upgrade {node.name}", of=node)
 
 
+def cmd_snapshot(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from lab.ops import snapshot as snaps
+
+    if args.action == "list":
+        items = snaps.records(cfg.state_dir)
+        print(
+            json.dumps([asdict(r) for r in items], indent=2) if args.json else snaps.render(items)
+        )
+        return EXIT_OK
+    if args.force and args.action != "save":
+        raise ConfigError("--force is for `lab snapshot save` only")
+    if args.action == "delete":
+        chosen = [args.name] if args.name else []
+        if args.all:
+            chosen = [r.name for r in snaps.records(cfg.state_dir)]
+        elif args.machine:
+            chosen = snaps.holding(cfg.state_dir, args.machine)
+        if len([x for x in (args.name, args.all, args.machine) if x]) != 1:
+            raise ConfigError("lab snapshot delete: give one of NAME, --all or --machine NODE")
+
+        async def drop(session: Session) -> int:
+            for name in await snaps.delete(cfg, chosen):
+                print(f"snapshot {name}: deleted")
+            return EXIT_OK
+
+        return _operate(cfg, drop)
+    if not args.name:
+        raise ConfigError(f"lab snapshot {args.action}: which snapshot? (lab snapshot list)")
+
+    async def body(session: Session) -> int:
+        if args.action == "save":
+            await snaps.save(session, args.name, force=args.force)
+        else:
+            await snaps.restore(session, args.name)
+        return EXIT_OK
+
+    return _operate(cfg, body, changes_members=f"snapshot {args.action} {args.name}")
+
+
+def cmd_rehearse(cfg: LabConfig, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from lab.ops.rehearse import SCENARIOS, play, refusal, render
+
+    if args.list:
+        width = max(map(len, SCENARIOS))
+        for s in SCENARIOS.values():
+            print(f'{s.name:<{width}}  {s.what}  [guide: "{s.section}"]')
+        return EXIT_OK
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        raise ConfigError(
+            f"no scenario {', '.join(unknown)} (scenarios: {', '.join(SCENARIOS)}; lab rehearse"
+            " --list)"
+        )
+    chosen = [SCENARIOS[n] for n in args.scenarios or SCENARIOS]
+
+    async def body(session: Session) -> int:
+        refused = {s.name: why for s in chosen if (why := refusal(s, session))}
+        if refused and args.scenarios:  # asked for by name: refuse before changing anything
+            raise ConfigError("; ".join(refused.values()))
+        rows = []
+        for s in chosen:
+            if s.name in refused:
+                session.say(None, f"skipping {s.name}: {refused[s.name]}")
+                continue
+            session.say(None, f'rehearsing {s.name} (the guide\'s "{s.section}")')
+            rows.append(await play(session, s, keep=args.keep))
+        print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else render(rows))
+        return EXIT_OK if all(r.ok for r in rows) else EXIT_FAILED
+
+    return _operate(cfg, body, json_out=args.json, changes_members="rehearse")
+
+
 def cmd_version(cfg: LabConfig, args: argparse.Namespace) -> int:
     """The configured version, the cluster's, and the releases the image builds (and has built)."""
     version = cfg.kubernetes.version
@@ -509,6 +585,47 @@ def _add_operations(sub: Any, common: argparse.ArgumentParser) -> None:
         "kubectl apply -f - < app.yaml",
     )
     k.set_defaults(func=cmd_kubectl)
+    sn = _command(
+        sub,
+        common,
+        "snapshot",
+        "save the whole lab (every machine's disks and memory, paused together) and go back to it",
+        "snapshot save before-upgrade",
+        "snapshot restore before-upgrade   # every machine back, then the gate and verify",
+        "snapshot list",
+        "snapshot delete before-upgrade",
+    )
+    sn.add_argument(
+        "action",
+        choices=["save", "restore", "list", "delete"],
+        help="save NAME, restore NAME, list, or delete NAME | --all | --machine NODE",
+    )
+    sn.add_argument("name", metavar="NAME", nargs="?", help="the snapshot (save, restore, delete)")
+    sn.add_argument(
+        "--force", action="store_true", help="save even while etcd is not stable (the gate's rules)"
+    )
+    sn.add_argument("--all", action="store_true", help="delete: every snapshot")
+    sn.add_argument(
+        "--machine", metavar="NODE", help="delete: every snapshot holding NODE's machine (destroy)"
+    )
+    sn.add_argument("--json", action="store_true", help="list: as JSON, for scripts")
+    sn.set_defaults(func=cmd_snapshot)
+    rh = _command(
+        sub,
+        common,
+        "rehearse",
+        "play the troubleshooting guide's failures on this lab: inject, diagnose, recover, restore",
+        "rehearse --list",
+        "rehearse peer-blocked not-ready",
+        "rehearse            # every scenario this lab's size can play",
+    )
+    rh.add_argument("scenarios", metavar="SCENARIO", nargs="*", help="default: every scenario")
+    rh.add_argument("--list", action="store_true", help="the scenarios, one line each")
+    rh.add_argument("--json", action="store_true", help="the rows as JSON, for scripts")
+    rh.add_argument(
+        "--keep", action="store_true", help="leave the lab as a drill left it (no restore)"
+    )
+    rh.set_defaults(func=cmd_rehearse)
     ld = _command(
         sub,
         common,

@@ -192,21 +192,22 @@ class Etcd:
             self._clients[endpoint] = client
         return self._clients[endpoint]
 
-    async def _call(self, endpoint: str, what: str, fn: Any) -> Any:
-        """Run fn(client) against one endpoint, mapping every failure to EtcdError."""
+    async def _call(self, endpoint: str, what: str, fn: Any, *, seconds: float = 0) -> Any:
+        """Run fn(client) against one endpoint, mapping every failure to EtcdError; it has the
+        client's timeout (or `seconds`), and one more for the connection."""
         try:
             client = await self._client(endpoint)
-            async with asyncio.timeout(self.timeout + 1):
+            async with asyncio.timeout((seconds or self.timeout) + 1):
                 return await fn(client)
         except (_LibError, grpc.aio.AioRpcError, TimeoutError, OSError) as e:
             raise EtcdError(f"{what} on {endpoint}: {describe(e)}") from e
 
-    async def _any(self, what: str, fn: Any, *, retry_all: bool = True) -> Any:
+    async def _any(self, what: str, fn: Any, *, retry_all: bool = True, seconds: float = 0) -> Any:
         """Try each endpoint in order; a non-transient etcd error is final (it came from quorum)."""
         errors = []
         for endpoint in self.endpoints:
             try:
-                return await self._call(endpoint, what, fn)
+                return await self._call(endpoint, what, fn, seconds=seconds)
             except EtcdError as e:
                 errors.append(str(e))
                 if not retry_all and not _transient(e):
@@ -307,6 +308,20 @@ class Etcd:
         """A quorum read: succeeds only while a leader commits with a majority."""
         t = self.timeout
         await self._any("linearizable read", lambda c: c.kv.get(key, timeout=t))
+
+    async def save_snapshot(self, path: Path) -> int:
+        """The backend database, as `etcdctl snapshot save` writes it; returns its size."""
+
+        seconds = self.timeout * 12  # the whole database, streamed
+
+        async def stream(c: Any) -> int:
+            with path.open("wb") as out:
+                async for chunk in c.maintenance.snapshot(timeout=seconds):
+                    out.write(chunk)
+            return path.stat().st_size
+
+        size: int = await self._any("snapshot", stream, seconds=seconds)
+        return size
 
     async def put(self, key: str, value: str) -> None:
         t = self.timeout

@@ -117,6 +117,17 @@ class JoinChain(pulumi.ComponentResource):
                 made = machine(node, [self.steps[s] for s in step.boot_after])
                 after.append(made)
                 triggers = [made.domain.id]  # a rebuilt machine joins again
+                # libvirt will not delete a machine that has snapshots; a lab snapshot needs
+                # every machine, so the lab's snapshots go with any of them (lab.ops.snapshot).
+                local.Command(
+                    f"{node.name}-snapshots",
+                    delete=lab.command("snapshot", "delete", "--machine", node.name),
+                    triggers=triggers,
+                    logging=local.Logging.STDOUT_AND_STDERR,
+                    opts=pulumi.ResourceOptions(
+                        parent=self, depends_on=[made], delete_before_replace=True
+                    ),
+                )
             elif step.phase == "upgrade":
                 # A changed input runs `update`; a changed trigger would replace (create again).
                 environment = {VERSION_VARIABLE: cfg.kubernetes.version}

@@ -1,20 +1,24 @@
 """`lab diagnose`: why a join fails, in seconds. Every control plane probes every other on
 2379/2380/6443 (all nodes and paths at once), then the member list, an endpoint status table,
-stale learners, who holds the control-plane VIP, and a recommendation that names the most likely
-root cause.
+stale learners, who holds the control-plane VIP, the nodes that are not Ready and the control
+planes whose etcd does not answer (their conditions, their CNI or etcd pod, the kubelet's state
+and last lines), and a recommendation that names the most likely root cause.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from lab.etcd import PEER_PORT, EtcdError, Status
 from lab.ops.cleanup import Stale, joining, stale_learners
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.endpoint import EndpointState, endpoint_states
-from lab.ops.node import TcpPath, probe
+from lab.ops.node import KUBECONFIG, TcpPath, admin_node, probe
+from lab.ssh import SshError
 
 PORTS = (2379, 2380, 6443)
 
@@ -29,12 +33,36 @@ class Recommendation:
 
 
 @dataclass
+class NodeHealth:
+    """A node the API does not have Ready, or a control plane whose etcd does not answer: what
+    the guide looks at for "joined but NotReady" and for an unhealthy etcd."""
+
+    node: str
+    ready: str  # the Ready condition's status, or "not registered" / "unknown (why)"
+    conditions: list[str] = field(default_factory=list)  # those not as a healthy node has them
+    pods: dict[str, str] = field(default_factory=dict)  # its CNI or etcd pod -> its state
+    kubelet: str = "?"  # `systemctl is-active kubelet`
+    log: list[str] = field(default_factory=list)  # the kubelet's last lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "ready": self.ready,
+            "conditions": self.conditions,
+            "pods": self.pods,
+            "kubelet": self.kubelet,
+            "kubelet_log": self.log,
+        }
+
+
+@dataclass
 class Report:
     connectivity: list[TcpPath]
     snapshot: Snapshot
     stale: list[Stale]
     recommendation: Recommendation
     endpoint: list[EndpointState]  # empty unless the endpoint is a VIP
+    unhealthy: list[NodeHealth] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -53,12 +81,19 @@ class Report:
             "etcd_error": snap.read_error,
             "stale_learners": [s.to_dict() for s in self.stale],
             "endpoint": [e.to_dict() for e in self.endpoint],
+            "unhealthy_nodes": [h.to_dict() for h in self.unhealthy],
             "recommendation": self.recommendation.to_dict(),
         }
 
 
-def recommend(paths: list[TcpPath], snap: Snapshot, stale: list[Stale]) -> Recommendation:
+def recommend(
+    paths: list[TcpPath],
+    snap: Snapshot,
+    stale: list[Stale],
+    unhealthy: Sequence[NodeHealth] = (),
+) -> Recommendation:
     """The most likely root cause, in the order a person would check it."""
+    health = {h.node: h for h in unhealthy}
     no_ssh = sorted({p.source for p in paths if p.error.startswith("ssh")})
     if no_ssh:
         first = next(p.error for p in paths if p.source == no_ssh[0] and p.error.startswith("ssh"))
@@ -88,9 +123,15 @@ def recommend(paths: list[TcpPath], snap: Snapshot, stale: list[Stale]) -> Recom
     dead = [n for n, m in members.items() if m.started and snap.status(m) is None]
     if dead:
         why = snap.statuses.get(members[dead[0]].id)
+        h = health.get(dead[0])
+        pod = "; ".join(f"{k}: {v}" for k, v in h.pods.items()) if h else ""
+        kubelet = f"kubelet {h.kubelet}" if h else "kubelet ?"
         return Recommendation(
             f"etcd on {', '.join(dead)} does not answer",
-            f"{why}; check the etcd static pod / kubelet on that node",
+            f"{why}; its static pod: {pod or 'no pod status (the API may be down)'}, {kubelet}."
+            f" The kubelet restarts etcd from /etc/kubernetes/manifests/etcd.yaml: `lab ssh"
+            f" {dead[0]} -- journalctl -u kubelet -n 50`, and etcd's own log in"
+            f" /var/log/pods/kube-system_etcd-{dead[0]}_*",
         )
     if snap.read_error:
         return Recommendation(
@@ -115,6 +156,9 @@ def recommend(paths: list[TcpPath], snap: Snapshot, stale: list[Stale]) -> Recom
             f"network: {', '.join(p.name for p in other)} blocked",
             "clients (2379) or the API server (6443) cannot be reached on that path",
         )
+    not_ready = [h for h in unhealthy if h.ready in ("False", "Unknown")]  # joined, not Ready
+    if not_ready:
+        return not_ready_cause(not_ready)
     learners = [snap.label(m) for m in snap.learners]
     if learners:
         return Recommendation(
@@ -125,6 +169,109 @@ def recommend(paths: list[TcpPath], snap: Snapshot, stale: list[Stale]) -> Recom
         "no problem found",
         f"{len(voters)} voter(s), no learner, every path between control planes is open",
     )
+
+
+def not_ready_cause(nodes: Sequence[NodeHealth]) -> Recommendation:
+    """The guide's "join succeeds but node stays NotReady": the kubelet, then the CNI pod."""
+    h = nodes[0]
+    names = ", ".join(n.node for n in nodes)
+    why = "; ".join(h.conditions) or f"Ready {h.ready}"
+    last = " | ".join(h.log[-2:]) or "no log lines"
+    if h.kubelet != "active":
+        detail = (
+            f"the kubelet on {h.node} is {h.kubelet}, so nothing posts its status ({why}):"
+            f" `lab ssh {h.node} -- systemctl start kubelet`; its last lines: {last}"
+        )
+    elif bad := {p: s for p, s in h.pods.items() if not s.startswith("Running")}:
+        pod, state = next(iter(bad.items()))
+        detail = (
+            f"its CNI pod {pod} is {state} ({why}): `lab kubectl -n kube-flannel logs {pod}`"
+            f" and `lab kubectl -n kube-flannel describe pod {pod}`"
+        )
+    else:
+        detail = f"{why}; the kubelet is active, its last lines: {last}"
+    return Recommendation(f"node {names} NotReady", detail)
+
+
+def pod_state(pod: dict[str, Any]) -> str:
+    """`Running, 0 restarts` / `Pending: ContainerCreating` / `Running: CrashLoopBackOff, 5
+    restarts`: the phase, a container's reason for not running, and its restarts."""
+    status = pod.get("status", {})
+    text = status.get("phase", "?")
+    for c in status.get("containerStatuses", []):
+        for how in ("waiting", "terminated"):
+            if reason := c.get("state", {}).get(how, {}).get("reason"):
+                text += f": {reason}"
+                break
+    restarts = sum(c.get("restartCount", 0) for c in status.get("containerStatuses", []))
+    return f"{text}, {restarts} restart{'s' * (restarts != 1)}"
+
+
+def abnormal(conditions: list[dict[str, Any]]) -> list[str]:
+    """The conditions not as on a healthy node (Ready True, every pressure False)."""
+    return [
+        f"{c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}".strip(
+            ": "
+        )
+        for c in conditions
+        if (c.get("status") == "True") != (c.get("type") == "Ready")
+    ]
+
+
+async def node_health(session: Session, snap: Snapshot) -> list[NodeHealth]:
+    """The NotReady nodes (from the API) and the control planes whose etcd does not answer, each
+    with its pods' state and the kubelet's, read at once (one kubectl each, one SSH per node)."""
+    answered = {n.name for n in session.topo.nodes} - {
+        snap.label(m) for m in snap.members if m.started and snap.status(m) is None
+    }
+    try:
+        admin = await admin_node(session)
+        shell = session.shell(admin)
+        kubectl = f"kubectl --kubeconfig {KUBECONFIG} get"
+        nodes, pods = await asyncio.gather(
+            shell.run(f"{kubectl} nodes -o json", timeout=60 * session.slowdown, check=True),
+            shell.run(f"{kubectl} pods -A -o json", timeout=60 * session.slowdown, check=True),
+        )
+        items = {i["metadata"]["name"]: i for i in json.loads(nodes.stdout).get("items", [])}
+        pod_items = json.loads(pods.stdout).get("items", [])
+        api_error = ""
+    except (OpFailed, SshError, json.JSONDecodeError, KeyError) as e:
+        items, pod_items, api_error = {}, [], str(e).splitlines()[0] if str(e) else "no answer"
+    out = []
+    for node in session.topo.nodes:
+        conds = items.get(node.name, {}).get("status", {}).get("conditions", [])
+        ready = next((c.get("status", "?") for c in conds if c.get("type") == "Ready"), None)
+        if ready is None:
+            ready = f"unknown ({api_error})" if api_error else "not registered"
+        if ready == "True" and node.name in answered:
+            continue
+        mine = {
+            p["metadata"]["name"]: pod_state(p)
+            for p in pod_items
+            if p.get("spec", {}).get("nodeName") == node.name
+            and (
+                p["metadata"].get("namespace") == "kube-flannel"
+                or p["metadata"]["name"] == f"etcd-{node.name}"
+            )
+        }
+        out.append(NodeHealth(node.name, ready, abnormal(conds), mine))
+
+    async def kubelet(h: NodeHealth) -> None:
+        command = (
+            "systemctl is-active kubelet; echo ---;"
+            " journalctl -u kubelet -n 5 --no-pager -o cat 2>/dev/null"
+        )
+        try:
+            node = session.topo.node(h.node)
+            r = await session.shell(node).run(command, timeout=30 * session.slowdown)
+            state, _, log = r.stdout.partition("---")
+            h.kubelet = state.strip() or "?"
+            h.log = [line for line in log.strip().splitlines() if line.strip()][-5:]
+        except SshError as e:
+            h.kubelet = f"unknown ({e})"
+
+    await asyncio.gather(*(kubelet(h) for h in out))
+    return out
 
 
 async def diagnose(session: Session) -> Report:
@@ -154,11 +301,11 @@ async def diagnose(session: Session) -> Report:
     )
     paths = [p for ps in probes for p in ps]
     session.say(None, f"etcd: {len(snap.voters)} voter(s), {len(snap.learners)} learner(s)")
-    busy = await joining(session, snap)
+    busy, unhealthy = await asyncio.gather(joining(session, snap), node_health(session, snap))
     stale = stale_learners(
         [snap], node=None, max_lag=session.cfg.tuning.gate_max_applied_lag, joining=busy
     )
-    return Report(paths, snap, stale, recommend(paths, snap, stale), vip)
+    return Report(paths, snap, stale, recommend(paths, snap, stale, unhealthy), vip, unhealthy)
 
 
 def _size(n: int) -> str:
@@ -238,6 +385,13 @@ def render(report: Report) -> str:
         for e in report.endpoint:
             services = ", ".join(f"{k} {v}" for k, v in e.services.items())
             lines.append(f"  {e.node:<10}{'holds the VIP' if e.holds_vip else '-':<15}{services}")
+    lines.append("")
+    lines.append("nodes not Ready, etcd not answering:" + ("" if report.unhealthy else " none"))
+    for h in report.unhealthy:
+        lines.append(f"  {h.node}: Ready {h.ready}, kubelet {h.kubelet}")
+        lines += [f"    condition {c}" for c in h.conditions]
+        lines += [f"    pod {name}: {state}" for name, state in h.pods.items()]
+        lines += [f"    kubelet log: {line}" for line in h.log]
     lines.append("")
     lines.append(f"recommendation: {report.recommendation.cause}")
     lines.append(f"  {report.recommendation.detail}")

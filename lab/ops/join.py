@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -49,7 +50,8 @@ from lab.ssh import SshError
 from lab.topology import Node
 
 
-async def join(session: Session, name: str) -> None:
+async def join(session: Session, name: str) -> int:
+    """Join NAME; returns the attempt that did it (0: it had joined already)."""
     node, t = session.topo.node(name), session.cfg.tuning
     session.say(name, f"waiting for SSH and cloud-init (up to {t.join_max_wait_seconds}s)")
     await wait_until_reachable(session, node, t.join_max_wait_seconds)
@@ -59,7 +61,7 @@ async def join(session: Session, name: str) -> None:
         await refresh_others(session, node)
     if await already_joined(session, node):
         session.say(name, "already joined and healthy: no-op")
-        return
+        return 0
     await bring_to_release(session, node)
     one_attempt = join_control_plane if node.is_control_plane else join_worker
     undone = True
@@ -94,11 +96,12 @@ async def join(session: Session, name: str) -> None:
             else f"etcd may still hold its member (`lab join {name}` removes it first)"
         )
         session.say(name, f"giving up after {e.attempts} attempt(s); {etcd_state}. Diagnosis:")
-        print(render(await diagnose(session)), flush=True)
+        print(render(await diagnose(session)), file=session.say.stream or sys.stdout, flush=True)
         raise OpFailed(
             f"{name} did not join after {e.attempts} attempt(s); last failure: {cause(e.last)}"
         ) from None
     session.say(name, f"joined on attempt {done.number}")
+    return done.number
 
 
 async def join_control_plane(session: Session, node: Node, attempt: Attempt) -> None:

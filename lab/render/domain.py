@@ -1,5 +1,5 @@
-"""What the lab changes in the domain XML the libvirt provider writes: one CPU socket, and
-disks that do not wait on the host's disk for a guest's flush.
+"""What the lab changes in the domain XML the libvirt provider writes: one CPU socket, disks
+that do not wait on the host's disk for a guest's flush, and a read-only seed ISO.
 
 libvirt gives a domain of N vCPUs N sockets of one core each. A Linux guest on a CPU that does
 not say its TSC is constant (qemu's default model under software emulation says nothing) and is
@@ -15,6 +15,11 @@ etcd logged "slow fdatasync" and lost its leader to missed heartbeats. qemu's ca
 `unsafe` completes a guest's flush at once: what the guest wrote is already in the host's page
 cache, so a guest that crashes or is destroyed (`virsh destroy`) loses nothing it synced; only
 the host crashing can, and a lab is rebuilt by `pulumi up`, not recovered.
+
+The cloud-init seed ISO, which the provider attaches as a writable raw disk, is made read-only:
+libvirt takes an internal snapshot of a running guest (`lab snapshot`) only when every writable
+disk is qcow2, and skips read-only ones ("internal snapshot for disk vdb unsupported for storage
+type raw" otherwise, libvirt 9.0).
 
 The provider applies an XSLT with xsltproc on the host that runs Pulumi; the stylesheet adds the
 topology to the domain's <cpu>, or adds a <cpu> with only the topology (qemu's default model),
@@ -51,6 +56,12 @@ DOMAIN_XSLT = """\
       <xsl:apply-templates select="@*[name() != 'cache']"/>
       <xsl:attribute name="cache">unsafe</xsl:attribute>
       <xsl:apply-templates select="node()"/>
+    </xsl:copy>
+  </xsl:template>
+  <xsl:template match="/domain/devices/disk[@device='disk'][driver/@type='raw'][not(readonly)]">
+    <xsl:copy>
+      <xsl:apply-templates select="node()|@*"/>
+      <readonly/>
     </xsl:copy>
   </xsl:template>
   <xsl:template match="/domain[not(cpu)]">

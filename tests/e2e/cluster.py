@@ -269,7 +269,8 @@ def step_table(log: Path) -> list[tuple[str, float]]:
         name, op = md["urn"].rsplit("::", 1)[-1], md["op"].removesuffix("-replacement")
         if op == "create":
             created.setdefault(name, e["timestamp"])
-        if "command:local:Command" in md["urn"] and op in ("create", "update", "delete"):
+        step = "command:local:Command" in md["urn"] and not name.endswith("-snapshots")
+        if step and op in ("create", "update", "delete"):  # NODE-snapshots runs only on delete
             chain.append((e["timestamp"], f"{name} (delete)" if op == "delete" else name))
             if op != "delete":
                 stdout[name] = str(md.get("new", {}).get("outputs", {}).get("stdout", ""))

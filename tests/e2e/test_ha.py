@@ -6,7 +6,8 @@ release (LAB_UPGRADE_FROM); the VIP holder stopped and started again; the upgrad
 release in place, one control plane at a time behind the gates, etcd sampled throughout; scale
 3 -> 1; back to 3 (the new machines boot the lab's first image and are brought to the
 cluster's release before they join), cp3's join against a partition on the etcd peer port that
-never clears, then one cleared during the join; a no-op up; destroy. Every kubectl goes through
+never clears, then one cleared during the join; every drill of `lab rehearse`; a no-op up;
+destroy. Every kubectl goes through
 the VIP: admin.conf's server is the VIP, whichever control plane `lab` asks.
 """
 
@@ -198,6 +199,31 @@ def text_of(log: Path) -> str:
         for line in lines
         if line.endswith("}") and '"diagnosticEvent"' in line
     )
+
+
+def test_6b_every_drill_of_the_guide_is_diagnosed_and_recovered(ha: Cluster) -> None:
+    """`lab rehearse`: all six drills on the real 3 + 1 (each between a snapshot's save and
+    restore); the table is printed for the run's record."""
+    began = time.monotonic()
+    out = ha.lab("rehearse", "--json", timeout=4 * 3600)
+    rows = json.loads(out.stdout)
+    print(f"\nlab rehearse: {time.monotonic() - began:.0f} s")
+    for r in rows:
+        print(
+            f"  {r['scenario']:<22} ok={r['ok']} recovered={r['recovered_seconds']}"
+            f" voters {r['members_before']} -> {r['members_after']}, learners {r['learners_left']}"
+            f"\n    injected: {r['injected']}\n    diagnosed: {r['diagnosed']}\n    did: {r['did']}"
+        )
+    assert [r["scenario"] for r in rows] == [
+        "peer-blocked",
+        "peer-blocked-for-good",
+        "stale-learner",
+        "leader-killed",
+        "not-ready",
+        "packet-loss",
+    ]
+    assert all(r["ok"] for r in rows), rows
+    assert json.loads(ha.lab("snapshot", "list", "--json").stdout) == []
 
 
 def test_7_a_second_up_changes_nothing(ha: Cluster) -> None:

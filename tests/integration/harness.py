@@ -53,6 +53,7 @@ ADDRESSES = {
     "worker2": f"{SUBNET}.22",
 }
 STANDIN = Path(__file__).with_name("standin.py")
+VIRSH_STANDIN = Path(__file__).with_name("virsh_standin.py")
 REPO = Path(__file__).resolve().parents[2]
 # LAB_IT_SSHD lets test 8 point the tier at a missing sshd and see it fail (never skip).
 SSHD = os.environ.get("LAB_IT_SSHD") or shutil.which("sshd") or "/usr/sbin/sshd"
@@ -476,6 +477,7 @@ class Harness:
         self.state_dir = tmp / "state"
         self.key_path = tmp / "ssh" / "id_ed25519"
         self.config_path = tmp / "cluster.yaml"
+        self.host_bin = tmp / "host-bin"  # first on `lab`'s PATH: the stand-in virsh
         self.promote_timeout = promote_timeout
         self.endpoint = endpoint
         self.tuning = {**TUNING, **(tuning or {})}
@@ -543,7 +545,23 @@ class Harness:
         (self.client_pki / "client.key").write_bytes(issued.key)
         for node in self.nodes.values():
             node.start()
+        self.write_machines()
         self.write_config()
+
+    def write_machines(self) -> None:
+        """The lab host's stand-in `virsh` (virsh_standin.py): domain labit-NODE is that node."""
+        table = {
+            f"labit-{n.name}": {"dir": str(n.dir), "holder": n.holder.pid}
+            for n in self.nodes.values()
+            if n.holder is not None
+        }
+        (self.tmp / "machines.json").write_text(json.dumps(table, indent=2))
+        self.host_bin.mkdir(exist_ok=True)
+        virsh = self.host_bin / "virsh"
+        virsh.write_text(
+            f'#!/bin/sh\nexec {sys.executable} {VIRSH_STANDIN} {self.tmp / "machines.json"} "$@"\n'
+        )
+        virsh.chmod(0o755)
 
     def add_namespace(self, ns: str) -> None:
         """A network namespace, deleted (and its processes killed) by `close()`."""
@@ -593,9 +611,11 @@ class Harness:
         return ["ip", "netns", "exec", self.host.ns, *cmd, *args[:at], *config, *args[at:]]
 
     def lab_env(self) -> dict[str, str]:
-        """The caller's environment; the repo on PYTHONPATH in case `lab` is not installed."""
+        """The caller's environment; the repo on PYTHONPATH in case `lab` is not installed, and
+        the stand-in virsh first on PATH."""
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+        bins = os.pathsep.join([str(self.host_bin), os.environ.get("PATH", os.defpath)])
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, "PATH": bins}
 
     def lab(
         self, *args: str, timeout: float = 300, input: str = ""

@@ -50,6 +50,10 @@ certificates, the API server) is reduced to what the lab can observe:
   (`kubeadm upgrade`, drain, the kubelet's restart) is not stood in for: the e2e tiers run it.
 - `kubeadm token create`, `kubeadm init phase upload-certs --upload-certs`: print a token / a
   certificate key and store them (in etcd, under /registry/secrets/ as the API server would).
+- `kubectl get pods -A -o json`: an empty list (no pod runs on a test node).
+- `systemctl is-active|stop|start|restart kubelet`: no kubelet runs; stopping the unit marks the
+  Node NotReady (Ready Unknown, "Kubelet stopped posting node status."), starting it starts the
+  static pods that do not run (etcd, the API server) and marks the Node Ready.
 - `kubectl [--kubeconfig F] get nodes [NAME] [-o json]`, `kubectl delete node NAME
   [--ignore-not-found]`: the registered Nodes (stored in etcd under /registry/minions/ as the API
   server does); Ready until the node is reset. With `node_delete_fails: N`, the first N deletes
@@ -365,6 +369,9 @@ def systemctl(node: NodeConf, argv: list[str]) -> int:
     status = 0
     for unit in units:
         service = unit.removesuffix(".service")
+        if service == "kubelet":
+            status = status or kubelet_unit(node, verb)
+            continue
         argv_of = service_argv(node, service)
         if verb == "is-active":
             active = running(node, service) is not None
@@ -427,19 +434,41 @@ def register(node: NodeConf, endpoints: list[str], role: str) -> None:
     say(f"[kubelet-start] node {node.name} registered")
 
 
-def mark_not_ready(node: NodeConf, endpoints: list[str]) -> None:
+def mark_not_ready(node: NodeConf, endpoints: list[str], status: str = "False") -> None:
     """The kubelet stops posting status: the node controller marks the Node NotReady (best effort;
     the Node object itself stays until `kubectl delete node`)."""
+    reason = {"type": "Ready", "status": status, "reason": "NodeStatusUnknown"}
+    set_ready(node, endpoints, reason | {"message": "Kubelet stopped posting node status."})
+
+
+def set_ready(node: NodeConf, endpoints: list[str], condition: dict[str, str]) -> None:
     try:
         raw = get(node, endpoints, f"/registry/minions/{node.name}")
         if raw:
             obj = json.loads(raw)
-            obj["status"]["conditions"] = [
-                {"type": "Ready", "status": "False", "reason": "NodeStatusUnknown"}
-            ]
+            obj["status"]["conditions"] = [condition]
             put(node, endpoints, f"/registry/minions/{node.name}", json.dumps(obj))
     except (Fail, subprocess.TimeoutExpired) as e:
-        print(f"[reset] could not update Node {node.name}: {e}", file=sys.stderr)
+        print(f"could not update Node {node.name}: {e}", file=sys.stderr)
+
+
+def kubelet_unit(node: NodeConf, verb: str) -> int:
+    """`systemctl is-active|stop|start|restart kubelet`: no kubelet runs here, so the unit is a
+    state file; stopping it marks the Node NotReady as the node controller does once the
+    kubelet's status stops coming (at once here), starting it marks it Ready again."""
+    stopped = node.run_dir / "kubelet.stopped"
+    if verb == "is-active":
+        print("inactive" if stopped.exists() else "active")
+        return 3 if stopped.exists() else 0
+    if verb == "stop":
+        stopped.touch()
+        mark_not_ready(node, node.cluster_endpoints(), "Unknown")
+    elif verb in ("start", "restart"):
+        stopped.unlink(missing_ok=True)
+        start_static_pods(node)  # what a starting kubelet does with the manifests
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+        set_ready(node, node.cluster_endpoints(), ready)
+    return 0
 
 
 def preflight(joining: bool = False) -> None:
@@ -832,15 +861,19 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
         "--kubeconfig", default=os.environ.get("KUBECONFIG", str(Path.home() / ".kube/config"))
     )
     p.add_argument("verb", choices=["get", "delete"])
-    p.add_argument("resource", choices=["nodes", "node", "no"])
+    p.add_argument("resource", choices=["nodes", "node", "no", "pods"])
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", default="")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--ignore-not-found", action="store_true")
     p.add_argument("--request-timeout")  # etcd answers at once here
     args = p.parse_args(argv)
     if not Path(args.kubeconfig).is_file():
         print(f"error: stat {args.kubeconfig}: no such file or directory", file=sys.stderr)
         return 1
+    if args.resource == "pods":  # no pod runs here: the kubelet and its pods are not stood in
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": []}))
+        return 0
     if args.verb == "delete":
         if not args.name:
             print("error: resource name may not be empty", file=sys.stderr)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -59,7 +60,7 @@ def test_1_happy_path(make_harness: Callable[..., Harness]) -> None:
     assert json.loads(verify.stdout)["ok"] is True
     assert lab.voters() == list(CPS) and not lab.learners()
     assert all(m.get("name") for m in lab.members())
-    # `lab status`: one screen of the same lab (no libvirt here: machines "unknown")
+    # `lab status`: one screen of the same lab (its machines from the stand-in virsh)
     shown = lab.lab("status", "--json")
     ok(shown)
     status = json.loads(shown.stdout)
@@ -567,3 +568,42 @@ def test_12_bench_clusters_seed_way_joins_and_runs_only_where_the_guests_are_on_
     with pytest.raises(RuntimeError, match="exit 2"):
         seed_way_in_namespace(routed, lab.config_path, budget=200, sleep=2)
     assert harness.run(sent).stdout.strip() == "0"
+
+
+def diagnosis(lab: Harness) -> dict[str, Any]:
+    proc = lab.lab("diagnose", "--json")
+    ok(proc)
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
+def test_13_diagnose_names_a_stopped_kubelet_and_an_etcd_that_died(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The guide's last two sections: a node that joined but stays NotReady (here its kubelet
+    stopped: the stand-in marks the Node as the node controller does), and an etcd process that
+    died on a control plane; `lab diagnose` names each, with what to run."""
+    lab = started(make_harness(nodes=(*CPS, "worker1")))
+    for node in ("cp2", "cp3", "worker1"):
+        ok(lab.lab("join", node))
+    ok(lab.lab("ssh", "worker1", "--", "systemctl", "stop", "kubelet"))
+    report = diagnosis(lab)
+    assert report["recommendation"]["cause"] == "node worker1 NotReady"
+    assert "systemctl start kubelet" in report["recommendation"]["detail"]
+    [worker] = report["unhealthy_nodes"]
+    assert (worker["node"], worker["ready"], worker["kubelet"]) == (
+        "worker1",
+        "Unknown",
+        "inactive",
+    )
+    assert worker["conditions"] == [
+        "Ready=Unknown NodeStatusUnknown: Kubelet stopped posting node status."
+    ]
+    ok(lab.lab("ssh", "worker1", "--", "systemctl", "start", "kubelet"))
+    lab.nodes["cp2"].kill_etcd()
+    report = diagnosis(lab)
+    assert report["recommendation"]["cause"] == "etcd on cp2 does not answer"
+    assert "kubelet active" in report["recommendation"]["detail"]
+    assert [h["node"] for h in report["unhealthy_nodes"]] == ["cp2"]
+    text = ok(lab.lab("diagnose"))
+    assert "  cp2: Ready True, kubelet active" in text

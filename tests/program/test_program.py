@@ -325,8 +325,9 @@ def test_lab_plan_and_the_program_agree(run_program, tmp_path, capsys, sizes) ->
     assert cli.main(["plan", "--format", "json", "--config", str(tmp_path / "cluster.yaml")]) == 0
     planned = json.loads(capsys.readouterr().out)["steps"]
     assert [s["step"] for s in planned] == g.outputs["join_order"]
-    steps = set(g.named("command:local:Command")) | set(g.named("command:remote:Command"))
-    assert steps - {"kubeconfig"} == {s["step"] for s in planned}
+    commands = set(g.named("command:local:Command")) | set(g.named("command:remote:Command"))
+    steps = {c for c in commands if not c.endswith("-snapshots")} - {"kubeconfig"}
+    assert steps == {s["step"] for s in planned}
     for s in planned:
         assert chain_deps(g, s["step"]) == set(s["after"]), s["step"]
         if s["kind"] in ("init", "join"):  # Step.makes_machine
@@ -360,3 +361,18 @@ def test_a_version_kubeadm_cannot_reach_registers_nothing(
     (tmp_path / "state" / "kubernetes-version").write_text(running + "\n")
     with pytest.raises(SystemExit, match=refusal):
         run_program(f"kubernetes: {{version: {configured}}}\n")
+
+
+def test_a_machine_takes_the_labs_snapshots_with_it(run_program, tmp_path) -> None:
+    """libvirt refuses to delete a machine with snapshots, and a lab snapshot needs every
+    machine: each machine has a resource, deleted before it (and replaced with it), whose delete
+    drops them."""
+    g = run_program()
+    tail = f"--config {tmp_path / 'cluster.yaml'} --stack dev"
+    for node in ("cp1", "cp2", "cp3", "worker1"):
+        r = g.resources[f"{node}-snapshots"]
+        assert g.input(f"{node}-snapshots", "delete") == (
+            f".venv/bin/lab snapshot delete --machine {node} {tail}"
+        )
+        assert g.input(f"{node}-snapshots", "create") is None
+        assert r.delete_before_replace and g.input(f"{node}-snapshots", "triggers")

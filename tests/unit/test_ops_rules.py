@@ -9,7 +9,7 @@ from pathlib import Path
 from lab.etcd import Alarm, Member, Status
 from lab.ops.cleanup import stale_learners
 from lab.ops.common import Snapshot
-from lab.ops.diagnose import recommend
+from lab.ops.diagnose import NodeHealth, abnormal, pod_state, recommend
 from lab.ops.endpoint import EndpointState
 from lab.ops.gate import Evidence, check, stable_since
 from lab.ops.leave import leave_refusal, quorum
@@ -348,5 +348,54 @@ def test_recommend_member_not_answering_and_alarm() -> None:
         {"cp1": status("cp1"), "cp2": "UNAVAILABLE: connection refused"},
     )
     assert recommend(paths(set()), s, []).cause == "etcd on cp2 does not answer"
+    crashing = NodeHealth("cp2", "True", pods={"etcd-cp2": "Running: CrashLoopBackOff, 5 restarts"})
+    rec = recommend(paths(set()), s, [], [crashing])
+    assert "its static pod: etcd-cp2: Running: CrashLoopBackOff, 5 restarts" in rec.detail
     s2 = snap([member("cp1")], {"cp1": status("cp1")}, alarms=[Alarm(IDS["cp1"], "NOSPACE")])
     assert recommend(paths(set()), s2, []).cause == "etcd alarm raised: NOSPACE"
+
+
+def test_a_node_not_ready_is_named_with_its_kubelet_or_its_cni_pod() -> None:
+    """The guide's "join succeeds but node stays NotReady": after every etcd and network cause,
+    the kubelet first (nothing posts the node's status without it), then the CNI pod."""
+    s = snap([member("cp1")], {"cp1": status("cp1")})
+    ok = paths(set())
+    lost = "Ready=Unknown NodeStatusUnknown: Kubelet stopped posting node status."
+    stopped = NodeHealth("worker1", "Unknown", [lost], {}, "inactive", ["Stopped kubelet"])
+    rec = recommend(ok, s, [], [stopped])
+    assert rec.cause == "node worker1 NotReady"
+    assert "the kubelet on worker1 is inactive" in rec.detail
+    assert "lab ssh worker1 -- systemctl start kubelet" in rec.detail
+    cni = NodeHealth(
+        "worker1",
+        "False",
+        ["Ready=False KubeletNotReady: container runtime network not ready"],
+        {"kube-flannel-ds-x": "Pending: ContainerCreating, 0 restarts"},
+        "active",
+    )
+    rec = recommend(ok, s, [], [cni])
+    assert "its CNI pod kube-flannel-ds-x is Pending: ContainerCreating" in rec.detail
+    assert recommend(ok, s, [], []).cause == "no problem found"
+
+
+def test_a_pods_state_and_a_nodes_abnormal_conditions_read_from_the_api() -> None:
+    crash = {
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 5}
+            ],
+        }
+    }
+    assert pod_state(crash) == "Running: CrashLoopBackOff, 5 restarts"
+    running = {"status": {"phase": "Running", "containerStatuses": [{"state": {"running": {}}}]}}
+    assert pod_state(running) == "Running, 0 restarts"
+    conditions = [
+        {"type": "MemoryPressure", "status": "False"},
+        {"type": "DiskPressure", "status": "True", "reason": "KubeletHasDiskPressure"},
+        {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "cni"},
+    ]
+    assert abnormal(conditions) == [
+        "DiskPressure=True KubeletHasDiskPressure",
+        "Ready=False KubeletNotReady: cni",
+    ]

@@ -339,7 +339,7 @@ def test_the_endpoint_check_asks_haproxy_whether_an_api_server_is_up(tmp_path: P
     "cpu",
     ["", '<cpu mode="host-passthrough"><topology sockets="3" cores="1" threads="1"/></cpu>'],
 )
-def test_every_guest_gets_one_cpu_socket_and_disks_with_cache_unsafe(
+def test_every_guest_gets_one_cpu_socket_disks_with_cache_unsafe_and_a_read_only_seed(
     cpu: str, tmp_path: Path
 ) -> None:
     """The stylesheet, run by xsltproc as the libvirt provider runs it, on the domain XML the
@@ -360,6 +360,9 @@ def test_every_guest_gets_one_cpu_socket_and_disks_with_cache_unsafe(
     [topology] = out.findall("cpu/topology")
     assert topology.attrib == {"sockets": "1", "dies": "1", "cores": "3", "threads": "1"}
     assert out.find("cpu").attrib == ({"mode": "host-passthrough"} if cpu else {})
+    # the seed ISO read-only, so libvirt can snapshot the running guest (lab snapshot)
+    readonly = [d.find("readonly") is not None for d in out.findall("devices/disk")]
+    assert readonly == [False, True, False]
     drivers = [d.attrib for d in out.findall("devices/disk/driver")]
     assert drivers == [
         {"name": "qemu", "type": "qcow2", "cache": "unsafe"},
