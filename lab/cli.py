@@ -287,13 +287,12 @@ def cmd_snapshot(cfg: LabConfig, args: argparse.Namespace) -> int:
     if args.force and args.action != "save":
         raise ConfigError("--force is for `lab snapshot save` only")
     if args.action == "delete":
-        chosen = [args.name] if args.name else []
-        if args.all:
-            chosen = [r.name for r in snaps.records(cfg.state_dir)]
-        elif args.machine:
-            chosen = snaps.holding(cfg.state_dir, args.machine)
         if len([x for x in (args.name, args.all, args.machine) if x]) != 1:
             raise ConfigError("lab snapshot delete: give one of NAME, --all or --machine NODE")
+        if args.machine:
+            chosen = snaps.holding(cfg.state_dir, args.machine)
+        else:
+            chosen = [r.name for r in snaps.records(cfg.state_dir)] if args.all else [args.name]
 
         async def drop(session: Session) -> int:
             for name in await snaps.delete(cfg, chosen):

@@ -44,6 +44,11 @@ def machine_name(cfg: LabConfig, node: Node) -> str:
     return f"{cfg.cluster.name}-{node.name}"
 
 
+def machine_names(cfg: LabConfig) -> dict[str, str]:
+    """Each node of the config -> its libvirt domain."""
+    return {n.name: machine_name(cfg, n) for n in build_topology(cfg).nodes}
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the chain; `after` names the steps it waits for, `node` the machine it needs,

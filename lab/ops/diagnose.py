@@ -17,7 +17,7 @@ from lab.etcd import PEER_PORT, EtcdError, Status
 from lab.ops.cleanup import Stale, joining, stale_learners
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.endpoint import EndpointState, endpoint_states
-from lab.ops.node import KUBECONFIG, TcpPath, admin_node, probe
+from lab.ops.node import TcpPath, admin_node, kube_get_json, probe
 from lab.ssh import SshError
 
 PORTS = (2379, 2380, 6443)
@@ -120,7 +120,7 @@ def recommend(
         )
     if snap.list_error and not snap.members:
         return Recommendation("etcd does not answer", f"member list failed: {snap.list_error}")
-    dead = [n for n, m in members.items() if m.started and snap.status(m) is None]
+    dead = silent(snap)
     if dead:
         why = snap.statuses.get(members[dead[0]].id)
         h = health.get(dead[0])
@@ -169,6 +169,11 @@ def recommend(
         "no problem found",
         f"{len(voters)} voter(s), no learner, every path between control planes is open",
     )
+
+
+def silent(snap: Snapshot) -> list[str]:
+    """The started members that gave no status: their etcd does not answer."""
+    return [snap.label(m) for m in snap.members if m.started and snap.status(m) is None]
 
 
 def not_ready_cause(nodes: Sequence[NodeHealth]) -> Recommendation:
@@ -221,19 +226,14 @@ def abnormal(conditions: list[dict[str, Any]]) -> list[str]:
 async def node_health(session: Session, snap: Snapshot) -> list[NodeHealth]:
     """The NotReady nodes (from the API) and the control planes whose etcd does not answer, each
     with its pods' state and the kubelet's, read at once (one kubectl each, one SSH per node)."""
-    answered = {n.name for n in session.topo.nodes} - {
-        snap.label(m) for m in snap.members if m.started and snap.status(m) is None
-    }
+    answered = {n.name for n in session.topo.nodes} - set(silent(snap))
     try:
         admin = await admin_node(session)
-        shell = session.shell(admin)
-        kubectl = f"kubectl --kubeconfig {KUBECONFIG} get"
         nodes, pods = await asyncio.gather(
-            shell.run(f"{kubectl} nodes -o json", timeout=60 * session.slowdown, check=True),
-            shell.run(f"{kubectl} pods -A -o json", timeout=60 * session.slowdown, check=True),
+            kube_get_json(session, "nodes", admin), kube_get_json(session, "pods -A", admin)
         )
-        items = {i["metadata"]["name"]: i for i in json.loads(nodes.stdout).get("items", [])}
-        pod_items = json.loads(pods.stdout).get("items", [])
+        items = {i["metadata"]["name"]: i for i in json.loads(nodes).get("items", [])}
+        pod_items = json.loads(pods).get("items", [])
         api_error = ""
     except (OpFailed, SshError, json.JSONDecodeError, KeyError) as e:
         items, pod_items, api_error = {}, [], str(e).splitlines()[0] if str(e) else "no answer"

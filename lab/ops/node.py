@@ -334,8 +334,13 @@ async def kube_nodes(session: Session) -> dict[str, bool]:
 
 
 async def kube_nodes_json(session: Session) -> str:
-    r = await session.shell(await admin_node(session)).run(
-        f"kubectl --kubeconfig {KUBECONFIG} get nodes -o json",
+    return await kube_get_json(session, "nodes")
+
+
+async def kube_get_json(session: Session, what: str, admin: Node | None = None) -> str:
+    """`kubectl get WHAT -o json` on `admin` (default: the admin node), as the cluster admin."""
+    r = await session.shell(admin or await admin_node(session)).run(
+        f"kubectl --kubeconfig {KUBECONFIG} get {what} -o json",
         timeout=60 * session.slowdown,
         check=True,
     )

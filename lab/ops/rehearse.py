@@ -22,7 +22,7 @@ from lab.ops.diagnose import diagnose
 from lab.ops.gate import RECORD, gate
 from lab.ops.join import join
 from lab.ops.leave import leave
-from lab.ops.verify import verify
+from lab.ops.verify import settled
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -166,13 +166,8 @@ async def diagnosed(session: Session, expect: str | None, wait: float) -> str:
 
 async def recover(session: Session, since: float) -> float:
     """The gate on every control plane, then `lab verify --wait`; seconds since `since`."""
-    t = session.cfg.tuning
-    result = await gate(session, len(session.topo.control_planes))
-    if not result.ok:
-        raise OpFailed("no recovery: " + "; ".join(str(v) for v in result.violations))
-    failed = [c for c in await verify(session, t.cp_stabilize_timeout_seconds) if not c.ok]
-    if failed:
-        raise OpFailed("no recovery: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+    if why := await settled(session, len(session.topo.control_planes)):
+        raise OpFailed(f"no recovery: {why}")
     return time.monotonic() - since
 
 

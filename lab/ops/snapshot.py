@@ -29,8 +29,8 @@ from lab.ops.common import OpFailed, Session
 from lab.ops.gate import RECORD, gate
 from lab.ops.node import wait_until_reachable
 from lab.ops.status import machine_states
-from lab.ops.verify import verify
-from lab.topology import Node, build_topology, machine_name
+from lab.ops.verify import settled
+from lab.topology import Node, machine_names
 
 FOLDER = "snapshots"  # in the state folder: NAME/record.json and NAME/etcd.db
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -122,10 +122,6 @@ async def disk_bytes(cfg: LabConfig, domain: str) -> int:
     return sum(int(r.split()[3]) for r in rows if len(r.split()) == 4 and r.split()[3].isdigit())
 
 
-def machines_of(cfg: LabConfig) -> dict[str, str]:
-    return {n.name: machine_name(cfg, n) for n in build_topology(cfg).nodes}
-
-
 def running_or_refuse(cfg: LabConfig, machines: dict[str, str], what: str) -> None:
     states = machine_states(cfg.libvirt.uri, list(machines.values()))
     down = [f"{n} ({states[d]})" for n, d in machines.items() if states[d] != "running"]
@@ -148,7 +144,7 @@ async def save(session: Session, name: str, *, force: bool = False) -> Record:
         raise ConfigError(
             f"snapshot {name!r} exists: `lab snapshot delete {name}` first, or choose another name"
         )
-    machines = machines_of(cfg)
+    machines = machine_names(cfg)
     running_or_refuse(cfg, machines, "a snapshot")
     voters = len(session.topo.control_planes)
     if not force:
@@ -197,7 +193,7 @@ async def save(session: Session, name: str, *, force: bool = False) -> Record:
 
 def refusal(cfg: LabConfig, record: Record) -> str | None:
     """Why this lab cannot go back to `record`, or None."""
-    now = machines_of(cfg)
+    now = machine_names(cfg)
     if now != record.machines:
         added = sorted(set(now) - set(record.machines))
         removed = sorted(set(record.machines) - set(now))
@@ -245,22 +241,12 @@ async def restore(session: Session, name: str) -> None:
         await resume_paused(cfg, domains)
     (cfg.state_dir / RECORD).unlink(missing_ok=True)  # etcd's last stable state is the save's
     await asyncio.gather(*(set_clock(session, n) for n in session.topo.nodes))
-    result = await gate(session, record.voters)
-    if not result.ok:
-        raise OpFailed(
-            f"snapshot {name}: restored, but etcd is not stable: "
-            + "; ".join(str(v) for v in result.violations)
-            + " (`lab diagnose`)"
-        )
+    if why := await settled(session, record.voters):
+        raise OpFailed(f"snapshot {name}: restored, but {why} (`lab diagnose`)")
     snap = await session.snapshot()
     members = {snap.label(m): m.hex_id for m in snap.members}
     if members != record.members:
         raise OpFailed(f"snapshot {name}: etcd's members are {members}, saved {record.members}")
-    failed = [c for c in await verify(session, cfg.tuning.cp_stabilize_timeout_seconds) if not c.ok]
-    if failed:
-        raise OpFailed(
-            f"snapshot {name}: restored, but " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
-        )
     say(None, f"snapshot {name}: restored in {time.monotonic() - t0:.1f}s; etcd members as saved")
 
 
@@ -301,7 +287,7 @@ async def delete(cfg: LabConfig, names: list[str]) -> list[str]:
         except ConfigError:
             if not folder(cfg.state_dir, name).is_dir():
                 raise
-            machines = list(machines_of(cfg).values())  # its record is unreadable: the config's
+            machines = list(machine_names(cfg).values())  # its record is unreadable: the config's
         await drop_from_machines(cfg, name, machines)
         shutil.rmtree(folder(cfg.state_dir, name), ignore_errors=True)
     return names

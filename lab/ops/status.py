@@ -18,7 +18,7 @@ from lab.ops.common import Session
 from lab.ops.node import kubelet_versions, ready_nodes
 from lab.ops.verify import Check, Observed, checks_of, observe
 from lab.preflight import on_link
-from lab.topology import machine_name
+from lab.topology import machine_names
 
 NOT_UP = "not up"
 
@@ -130,7 +130,7 @@ def member_rows(seen: Observed) -> list[MemberRow]:
 
 async def lab_status(session: Session) -> LabStatus:
     cfg, nodes = session.cfg, session.topo.nodes
-    names = {n.name: machine_name(cfg, n) for n in nodes}
+    names = machine_names(cfg)
     machines = await asyncio.to_thread(machine_states, cfg.libvirt.uri, list(names.values()))
     known = [s for s in machines.values() if not s.startswith("unknown")]
     # Ask the nodes only where the lab can be: a machine of it, or (libvirt not answering here)

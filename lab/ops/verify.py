@@ -13,6 +13,7 @@ from typing import Any
 from lab.etcd import EtcdError
 from lab.ops.common import OpFailed, Session, Snapshot
 from lab.ops.endpoint import EndpointState, endpoint_states
+from lab.ops.gate import gate
 from lab.ops.node import KUBECONFIG, admin_node, kube_nodes_json, kubelet_versions, ready_nodes
 from lab.ssh import SshError
 
@@ -184,3 +185,13 @@ async def verify(session: Session, wait: float = 0) -> list[Check]:
     for c in checks:
         session.say(None, f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
     return checks
+
+
+async def settled(session: Session, voters: int) -> str | None:
+    """The gate on `voters`, then the checks polled until they pass (a restore's and a drill's
+    recovery): None, or what did not hold."""
+    result = await gate(session, voters)
+    if not result.ok:
+        return "etcd is not stable: " + "; ".join(map(str, result.violations))
+    checks = await verify(session, session.cfg.tuning.cp_stabilize_timeout_seconds)
+    return "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok) or None

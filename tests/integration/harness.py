@@ -41,6 +41,7 @@ from lab.keys import ensure_host_key, ensure_user_key
 from .pki import ClusterPKI
 
 PREFIX = "labit"
+CLUSTER = "labit"  # the config's cluster.name: machine NODE is the domain labit-NODE
 RUN_NAME = re.compile(rf"^({PREFIX}[0-9a-f]{{6}})-[a-z0-9]+$")
 RUNS = Path("/run/labit")
 SUBNET = "10.30.0"
@@ -551,7 +552,7 @@ class Harness:
     def write_machines(self) -> None:
         """The lab host's stand-in `virsh` (virsh_standin.py): domain labit-NODE is that node."""
         table = {
-            f"labit-{n.name}": {"dir": str(n.dir), "holder": n.holder.pid}
+            f"{CLUSTER}-{n.name}": {"dir": str(n.dir), "holder": n.holder.pid}
             for n in self.nodes.values()
             if n.holder is not None
         }
@@ -585,7 +586,7 @@ class Harness:
         self.tuning.update(tuning)
         workers = [n for n in self.nodes if n.startswith("worker")]
         cfg: dict[str, Any] = {
-            "cluster": {"name": "labit"},
+            "cluster": {"name": CLUSTER},
             "network": {"name": "labit", "cidr": f"{SUBNET}.0/24"},
             "control_plane": {"count": 3, "cpus": 1, "memory_mib": 2048},
             "workers": {"count": len(workers), "cpus": 1, "memory_mib": 1024},
