@@ -58,11 +58,10 @@ class Cluster:
         """`lab COMMAND --config ... ARGS` inside the lab's namespace, each run given `timeout`
         seconds. An API server that is restarting or overloaded (emulated guests are slow) gets
         up to API_RESTART seconds; each wait is printed, so the log shows how often it happened."""
-        argv = ["ip", "netns", "exec", self.libvirtd.netns, str(LAB), command]
         deadline = time.monotonic() + API_RESTART
         while True:
             out = subprocess.run(
-                [*argv, "--config", str(self.config), *args],
+                self.lab_argv(command, *args),
                 input=input or "",
                 cwd=ROOT,
                 capture_output=True,
@@ -78,6 +77,11 @@ class Cluster:
         if check:
             assert out.returncode == 0, f"lab {command} {args}: {out.stderr}{out.stdout}"
         return out
+
+    def lab_argv(self, command: str, *args: str) -> list[str]:
+        """`lab COMMAND --config ... ARGS` inside the lab's namespace."""
+        netns = ["ip", "netns", "exec", self.libvirtd.netns]
+        return [*netns, str(LAB), command, "--config", str(self.config), *args]
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.lab("kubectl", *args, "-o", "json").stdout)
