@@ -2,13 +2,14 @@
 2379/2380/6443 (all nodes and paths at once), then the member list, an endpoint status table,
 stale learners, who holds the control-plane VIP, the nodes that are not Ready and the control
 planes whose etcd does not answer (their conditions, their CNI or etcd pod, the kubelet's state
-and last lines), and a recommendation that names the most likely root cause.
+and its last different messages), and a recommendation that names the most likely root cause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ class NodeHealth:
     conditions: list[str] = field(default_factory=list)  # those not as a healthy node has them
     pods: dict[str, str] = field(default_factory=dict)  # its CNI or etcd pod -> its state
     kubelet: str = "?"  # `systemctl is-active kubelet`
-    log: list[str] = field(default_factory=list)  # the kubelet's last lines
+    log: list[str] = field(default_factory=list)  # the kubelet's last different messages
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -259,19 +260,39 @@ async def node_health(session: Session, snap: Snapshot) -> list[NodeHealth]:
     async def kubelet(h: NodeHealth) -> None:
         command = (
             "systemctl is-active kubelet; echo ---;"
-            " journalctl -u kubelet -n 5 --no-pager -o cat 2>/dev/null"
+            " journalctl -u kubelet -n 300 --no-pager -o cat 2>/dev/null"
         )
         try:
             node = session.topo.node(h.node)
             r = await session.shell(node).run(command, timeout=30 * session.slowdown)
             state, _, log = r.stdout.partition("---")
             h.kubelet = state.strip() or "?"
-            h.log = [line for line in log.strip().splitlines() if line.strip()][-5:]
+            h.log = last_distinct(log.splitlines(), 5)
         except SshError as e:
             h.kubelet = f"unknown ({e})"
 
     await asyncio.gather(*(kubelet(h) for h in out))
     return out
+
+
+KLOG_HEADER = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+\] ")  # E1206 05:48:26.88 5223 x.go:108]
+
+
+def last_distinct(lines: Sequence[str], n: int) -> list[str]:
+    """The last `n` different messages, oldest first (klog's time, pid and source left out to
+    compare): a kubelet that cannot register repeats one line several times a second, which
+    hid the one saying why (HA run 19: its API server refused connections)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for line in reversed(lines):
+        line = line.strip()
+        message = KLOG_HEADER.sub("", line)
+        if message and message not in seen:
+            seen.add(message)
+            out.append(line)
+            if len(out) == n:
+                break
+    return out[::-1]
 
 
 async def diagnose(session: Session) -> Report:

@@ -8,7 +8,9 @@ more, from HA e2e runs; kubeadm-join-tls-bootstrap.txt ends with the error line 
 after the lines kubeadm 1.34 prints before it; kubeadm-join-wait-control-plane.txt and
 kubeadm-join-run-condition.txt are the error lines of two runs of the remaining phases in HA run
 10, kubeadm-join-wait-control-plane-livez.txt those of one in HA run 13;
-kubeadm-join-done-message-panic.txt is the whole output of one in HA run 16)."""
+kubeadm-join-done-message-panic.txt is the whole output of one in HA run 16;
+kubelet-journal-not-registered.txt is journalctl's last lines of cp3's kubelet in HA run 19, each
+cut at 300 characters)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 from lab.etcd import describe
 from lab.ops.classify import classify
 from lab.ops.common import OpFailed
+from lab.ops.diagnose import last_distinct
 from lab.ops.join import RUN_AGAIN, after_etcd_join, finished_phases
 from lab.ops.node import (
     ca_cert_hash,
@@ -194,3 +197,18 @@ def test_a_panic_on_kubeadms_done_message_is_told_from_a_failed_phase() -> None:
     )
     assert not panicked_after_its_phases(in_phase)
     assert not panicked_after_its_phases(recorded("kubeadm-join-wait-control-plane.txt"))
+
+
+def test_the_kubelet_log_keeps_its_last_different_messages_not_one_repeated() -> None:
+    """HA run 19: "Unable to register mirror pod" five times in 0.4 s hid why the node could
+    not register: its own API server refused connections."""
+    lines = recorded("kubelet-journal-not-registered.txt").splitlines()
+    shown = last_distinct(lines, 3)
+    assert [line.split("] ")[1][:40] for line in shown] == [
+        '"Unable to write event (may retry after ',
+        '"Unable to register node with API server',
+        '"Unable to register mirror pod because n',
+    ]
+    assert shown[-1] == lines[-1] and shown[1] == lines[4]  # the last of each, as printed
+    assert len(last_distinct(lines, 10)) == 5
+    assert last_distinct(["", "  "], 5) == []
