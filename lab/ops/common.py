@@ -54,6 +54,15 @@ class Progress:
         )
 
 
+def columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell (`lab snapshot list`,
+    `lab rehearse`)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
 @contextlib.contextmanager
 def membership_lock(
     state_dir: Path, what: str, say: Progress, *, worker: str | None = None
@@ -254,6 +263,15 @@ class Snapshot:
     @property
     def learners(self) -> list[Member]:
         return [m for m in self.members if m.is_learner]
+
+    @property
+    def voter_names(self) -> list[str]:
+        return sorted(self.label(m) for m in self.voters)
+
+    @property
+    def member_ids(self) -> dict[str, str]:
+        """Each member's node (or name) -> its ID in hex."""
+        return {self.label(m): m.hex_id for m in self.members}
 
     def node_of(self, member: Member) -> Node | None:
         return next((n for n in self.nodes if owns(n, member)), None)

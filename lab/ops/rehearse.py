@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from lab.etcd import PEER_PORT, EtcdError
 from lab.ops import snapshot
-from lab.ops.common import OpFailed, Progress, Session
+from lab.ops.common import OpFailed, Progress, Session, columns
 from lab.ops.diagnose import diagnose
 from lab.ops.gate import RECORD, gate
 from lab.ops.join import join
@@ -150,8 +150,7 @@ KILL_ETCD = "kill -9 $(ss -Hltnp 'sport = :2380' | grep -o 'pid=[0-9]*' | cut -d
 
 
 async def voters(session: Session) -> list[str]:
-    snap = await session.snapshot()
-    return sorted(snap.label(m) for m in snap.voters)
+    return (await session.snapshot()).voter_names
 
 
 async def diagnosed(session: Session, expect: str | None, wait: float) -> str:
@@ -316,7 +315,7 @@ async def play(session: Session, scenario: Scenario, *, keep: bool) -> Row:
     try:
         await PLAYS[scenario.name](session, row)
         snap = await session.snapshot()
-        row.members_after = sorted(snap.label(m) for m in snap.voters)
+        row.members_after = snap.voter_names
         row.learners_left = len(snap.learners)
         row.ok = row.members_after == row.members_before and not row.learners_left
     except (OpFailed, SshError, EtcdError) as e:
@@ -357,10 +356,7 @@ def render(rows: list[Row]) -> str:
                 r.diagnosed or "-",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
-    ]
+    lines = columns(table)
     for r in rows:
         lines.append(f"{r.scenario}: injected: {r.injected or '-'}")
         lines.append(f"{' ' * len(r.scenario)}  the lab: {r.did or '-'}")

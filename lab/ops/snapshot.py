@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lab.config import ConfigError, LabConfig
-from lab.ops.common import OpFailed, Session
+from lab.ops.common import OpFailed, Session, columns
 from lab.ops.gate import RECORD, gate
 from lab.ops.node import wait_until_reachable
 from lab.ops.status import machine_states
@@ -156,7 +156,6 @@ async def save(session: Session, name: str, *, force: bool = False) -> Record:
                 + " (wait for `lab gate` to pass, see `lab diagnose`, or save anyway with --force)"
             )
     snap = await session.snapshot()
-    members = {snap.label(m): m.hex_id for m in snap.members}
     where.mkdir(parents=True)
     try:
         t0 = time.monotonic()
@@ -175,7 +174,7 @@ async def save(session: Session, name: str, *, force: bool = False) -> Record:
             taken=datetime.now(UTC).isoformat(timespec="seconds"),
             version=cfg.kubernetes.version,
             machines=machines,
-            members=members,
+            members=snap.member_ids,
             voters=len(snap.voters),
             disk_bytes=max(after - before, 0),
             etcd_bytes=etcd_bytes,
@@ -243,8 +242,7 @@ async def restore(session: Session, name: str) -> None:
     await asyncio.gather(*(set_clock(session, n) for n in session.topo.nodes))
     if why := await settled(session, record.voters):
         raise OpFailed(f"snapshot {name}: restored, but {why} (`lab diagnose`)")
-    snap = await session.snapshot()
-    members = {snap.label(m): m.hex_id for m in snap.members}
+    members = (await session.snapshot()).member_ids
     if members != record.members:
         raise OpFailed(f"snapshot {name}: etcd's members are {members}, saved {record.members}")
     say(None, f"snapshot {name}: restored in {time.monotonic() - t0:.1f}s; etcd members as saved")
@@ -318,7 +316,4 @@ def render(items: list[Record]) -> str:
         )
         for r in items
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
+    return "\n".join(columns(rows))
