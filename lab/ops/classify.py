@@ -94,7 +94,8 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         " approved (kube-controller-manager approves it: `lab kubectl get csr` shows it Pending"
         " while that one keeps losing its leader lease on a loaded API server, HA run 12), or the"
         " API server it bootstraps against did not answer; kubeadm deletes the bootstrap"
-        " credentials as it gives up, so the attempt is undone",
+        " credentials as it gives up, so the lab runs kubelet-start again with fresh ones once"
+        " the node's own API server answers, keeping its etcd voter",
         ("waiting for tls bootstrap",),
     ),
     (

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from lab.config import API_PORT
 from lab.domain_type import JOIN_BUDGET
 from lab.etcd import PEER_PORT, EtcdError
 from lab.ops.classify import classify
@@ -193,8 +194,9 @@ FINISHING_PHASES = (
 )
 REMAINING_PHASES_RUNS = 5
 # The failures of those phases that another run may get past: an API request past kubeadm's
-# 10 s, or the node's own API server not live yet (HA run 13: cp3's, after kubeadm's 20 min).
-RUN_AGAIN = ("api-timeout", "control-plane-not-live")
+# 10 s, the node's own API server not live yet (HA run 13: cp3's, after kubeadm's 20 min), or
+# the kubelet's TLS bootstrap not done in kubeadm's wait (HA runs 8 and 19).
+RUN_AGAIN = ("api-timeout", "control-plane-not-live", "kubelet-bootstrap")
 # What the endpoint must answer, within kubeadm's fixed limit, before another run: HA run 14's
 # cp3 ran twice in 64 s while its new member caught up, each run's first request timing out.
 ENDPOINT_ANSWERS = "get nodes -o name --request-timeout=10s"
@@ -202,11 +204,12 @@ ENDPOINT_ANSWERS = "get nodes -o name --request-timeout=10s"
 
 async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> None:
     """kubeadm's phases after etcd-join, run again while one of their API requests passes
-    kubeadm's fixed 10 s (HA e2e run 5) or the node's API server is not live yet: the node is a
-    voter by then, and undoing a working voter to join it again only loads the cluster more. A
-    run goes on from the phase the one before failed in (HA run 10: runs 2 and 3 redid finished
-    phases, and their configuration fetch timed out), and only once the endpoint answers within
-    kubeadm's limit again. Any other failure is the attempt's."""
+    kubeadm's fixed 10 s (HA e2e run 5), the node's API server is not live yet or the kubelet's
+    TLS bootstrap outlasts kubeadm's wait: the node is a voter by then, and undoing a working
+    voter to join it again only loads the cluster more. A run goes on from the phase the one
+    before failed in (HA run 10: runs 2 and 3 redid finished phases, and their configuration
+    fetch timed out), and only once the endpoint answers within kubeadm's limit again. Any other
+    failure is the attempt's."""
     step = progress(session, node, attempt)
     skip = base = after_etcd_join(session.cfg.kubernetes.version)
     for run in range(1, REMAINING_PHASES_RUNS + 1):
@@ -221,10 +224,40 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
             return
         except OpFailed as e:
             last = run == REMAINING_PHASES_RUNS or attempt.left(at_least=0) < 60
-            if last or classify(str(e))[0] not in RUN_AGAIN:
+            failure = classify(str(e))[0]
+            if last or failure not in RUN_AGAIN:
                 raise
             session.say(node.name, f"    {e}")
             skip = base + finished_phases(str(e))
+            if failure == "kubelet-bootstrap":
+                skip = await kubelet_start_again(session, node, attempt, skip)
+
+
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"  # the kubelet's own, once it is bootstrapped
+
+
+async def kubelet_start_again(
+    session: Session, node: Node, attempt: Attempt, skip: tuple[str, ...]
+) -> tuple[str, ...]:
+    """`skip` for the run after kubelet-wait-bootstrap ran out. kubeadm deletes the kubelet's
+    bootstrap credentials as that wait ends, so unless the kubelet got its certificate since,
+    kubelet-start runs again (it writes them anew from a valid token, and refuses only a Node
+    already Ready): with a fresh token (they live an hour), and once this node's own API server
+    answers, which the kubelet bootstraps against (kubeadm 1.35 on) and the last phase waits for
+    (HA run 19: it refused connections for 20 min, and each run waited out kubeadm's limit)."""
+    step = progress(session, node, attempt)
+    if (await session.shell(node).run(f"test -f {KUBELET_CONF}", timeout=30 * session.slowdown)).ok:
+        step("the kubelet has its certificate now: kubeadm's wait for it will pass")
+        return skip
+    step("kubeadm deleted the kubelet's bootstrap credentials: wait for this node's API server")
+    local = f"--server=https://{node.address}:{API_PORT}"
+    await kubectl_until_ok(session, node, f"{local} {ENDPOINT_ANSWERS}", attempt.deadline)
+    admin = await admin_node(session, besides=node.name)
+    step(f"fresh credentials from {admin.name}, then kubelet-start again")
+    await write_join_config(
+        session, node, await fetch_credentials(session, admin, control_plane=True)
+    )
+    return tuple(p for p in skip if p != "kubelet-start")
 
 
 def finished_phases(error: str) -> tuple[str, ...]:

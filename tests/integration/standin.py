@@ -28,7 +28,11 @@ certificates, the API server) is reduced to what the lab can observe:
   With `remaining_phases_fail: N`, the first N joins run with etcd-join skipped exit 1 with the
   error real kubeadm gave there: an API timeout before any phase ran, or
   (`remaining_phases_fail_in: wait-control-plane`) the node's API server not live in the last
-  phase, the others done (HA run 13's text).
+  phase, the others done (HA run 13's text), or (`tls-bootstrap`) kubeadm's wait for the
+  kubelet's TLS bootstrap running out (HA runs 8 and 19's text). kubelet-start writes the
+  bootstrap kubeconfig, and kubelet-wait-bootstrap passes only with it there, deleting it
+  whatever the outcome, as kubeadm does: a run after the wait ran out passes only with
+  kubelet-start not skipped.
   A control-plane join whose only phase not skipped is wait-control-plane ends as kubeadm 1.34's
   does: every phase done, then a nil-pointer panic on its done message, exit 2.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
@@ -128,7 +132,9 @@ class NodeConf:
     promote_reply_lost: bool = False
     member_lookup_fails: bool = False
     remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
-    remaining_phases_fail_in: str = "kubelet-wait-bootstrap"  # | "wait-control-plane"
+    remaining_phases_fail_in: str = (
+        "kubelet-wait-bootstrap"  # | "wait-control-plane" | "tls-bootstrap"
+    )
     reset_keeps_member: bool = False
     takes_leadership: bool = False  # its member is made the leader after its promote
     node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
@@ -599,6 +605,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     failing = (
         "etcd-join" in skip and counted_run(node, "remaining-phases") <= node.remaining_phases_fail
     )
+    server = f"https://{api}"
+    if "kubelet-start" not in skip:
+        BOOTSTRAP_KUBECONFIG.write_text(kubeconfig(server, "system:bootstrappers"))
     if "etcd-join" not in skip:
         join_etcd(node, endpoints)
     elif failing and node.remaining_phases_fail_in == "kubelet-wait-bootstrap":
@@ -610,8 +619,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
             " request canceled (Client.Timeout exceeded while awaiting headers)"
         )
     start_apiserver(node)
-    server = f"https://{api}"
     (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
+    if "kubelet-wait-bootstrap" not in skip:
+        wait_for_tls_bootstrap(failing and node.remaining_phases_fail_in == "tls-bootstrap")
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, endpoints, "control-plane")
     if failing and node.remaining_phases_fail_in == "wait-control-plane":
@@ -630,6 +640,21 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         return 2
     say("This node has joined the cluster and a new control plane instance was created.")
     return 0
+
+
+BOOTSTRAP_KUBECONFIG = KUBE / "bootstrap-kubelet.conf"
+
+
+def wait_for_tls_bootstrap(runs_out: bool) -> None:
+    """kubelet-wait-bootstrap: the kubelet bootstraps from what kubelet-start wrote, and kubeadm
+    deletes that as the wait ends, whatever its outcome (a defer)."""
+    bootstrapped = BOOTSTRAP_KUBECONFIG.exists() and not runs_out
+    BOOTSTRAP_KUBECONFIG.unlink(missing_ok=True)
+    if not bootstrapped:
+        raise Fail(
+            "error execution phase kubelet-wait-bootstrap: failed while waiting for TLS"
+            " bootstrap: context deadline exceeded"
+        )
 
 
 # kubeadm join's phases, and those of them that fetch the cluster's configuration.
@@ -867,6 +892,7 @@ def kubectl(node: NodeConf, argv: list[str]) -> int:
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--ignore-not-found", action="store_true")
     p.add_argument("--request-timeout")  # etcd answers at once here
+    p.add_argument("--server")  # every API server here reads the same etcd
     args = p.parse_args(argv)
     if not Path(args.kubeconfig).is_file():
         print(f"error: stat {args.kubeconfig}: no such file or directory", file=sys.stderr)

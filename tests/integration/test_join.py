@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -272,6 +273,27 @@ def test_3f_remaining_phases_run_again_from_the_phase_that_failed(
     assert "kubelet-wait-bootstrap,control-plane-join/mark-control-plane), run 2" in out
     # wait-control-plane alone: kubeadm 1.34 panics on its done message (HA run 16)
     assert "kubeadm ran every phase, then panicked on its done message" in out
+    assert "joined on attempt 1" in out and "undo" not in out
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
+def test_3g_a_tls_bootstrap_that_ran_out_runs_kubelet_start_again_not_undone(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA runs 8 and 19, real kubeadm: the remaining phases waited out kubeadm's limit for the
+    kubelet's TLS bootstrap, and the promoted voter was undone. kubeadm deletes the bootstrap
+    credentials as it gives up: the next run has kubelet-start write them again, from a fresh
+    token, once the node's own API server answers."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.nodes["cp2"].configure(
+        promote_reply_lost=True, remaining_phases_fail=1, remaining_phases_fail_in="tls-bootstrap"
+    )
+    out = ok(lab.lab("join", "cp2"))
+    assert "failed while waiting for TLS bootstrap" in out
+    assert "kubeadm deleted the kubelet's bootstrap credentials: wait for this node's API" in out
+    assert "fresh credentials from cp1, then kubelet-start again" in out
+    rerun = re.search(r"--skip-phases=([\w,/-]+)\), run 2", out)
+    assert rerun and "kubelet-start" not in rerun.group(1).split(","), out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
