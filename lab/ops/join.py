@@ -181,7 +181,7 @@ async def finish_partial_join(
     else:
         step("kubeadm join failed, but etcd made this node a voter: finish it, not reset it")
         session.say(node.name, f"    {error}")
-    await remaining_phases(session, node, attempt)
+    await remaining_phases(session, node, attempt, error)
 
 
 # The phases after those, in kubeadm's order (cmd/kubeadm/app/cmd/join.go). Only the first two
@@ -202,17 +202,21 @@ RUN_AGAIN = ("api-timeout", "control-plane-not-live", "kubelet-bootstrap")
 ENDPOINT_ANSWERS = "get nodes -o name --request-timeout=10s"
 
 
-async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> None:
-    """kubeadm's phases after etcd-join, run again while one of their API requests passes
-    kubeadm's fixed 10 s (HA e2e run 5), the node's API server is not live yet or the kubelet's
-    TLS bootstrap outlasts kubeadm's wait: the node is a voter by then, and undoing a working
-    voter to join it again only loads the cluster more. A run goes on from the phase the one
-    before failed in (HA run 10: runs 2 and 3 redid finished phases, and their configuration
-    fetch timed out), and only once the endpoint answers within kubeadm's limit again. Any other
-    failure is the attempt's."""
+async def remaining_phases(session: Session, node: Node, attempt: Attempt, error: OpFailed) -> None:
+    """kubeadm's phases after etcd-join, after `error` (its join's failure with the node a
+    voter), run again while one of their API requests passes kubeadm's fixed 10 s (HA e2e run
+    5), the node's API server is not live yet or the kubelet's TLS bootstrap outlasts kubeadm's
+    wait: undoing a working voter to join it again only loads the cluster more. Each run goes on
+    from the phase the failure before it was in (HA run 10: runs 2 and 3 redid finished phases,
+    and their configuration fetch timed out; run 20: the whole join reached wait-control-plane),
+    and a run after the first only once the endpoint answers within kubeadm's limit again. Any
+    other failure is the attempt's."""
     step = progress(session, node, attempt)
-    skip = base = after_etcd_join(session.cfg.kubernetes.version)
+    base = after_etcd_join(session.cfg.kubernetes.version)
     for run in range(1, REMAINING_PHASES_RUNS + 1):
+        skip = await kubelet_start_when_needed(
+            session, node, attempt, base + finished_phases(str(error))
+        )
         again = f", run {run}" if run > 1 else ""
         if run > 1:
             step("wait until the endpoint answers within kubeadm's 10 s")
@@ -224,39 +228,40 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt) -> No
             return
         except OpFailed as e:
             last = run == REMAINING_PHASES_RUNS or attempt.left(at_least=0) < 60
-            failure = classify(str(e))[0]
-            if last or failure not in RUN_AGAIN:
+            if last or classify(str(e))[0] not in RUN_AGAIN:
                 raise
             session.say(node.name, f"    {e}")
-            skip = base + finished_phases(str(e))
-            if failure == "kubelet-bootstrap":
-                skip = await kubelet_start_again(session, node, attempt, skip)
+            error = e
 
 
-KUBELET_CONF = "/etc/kubernetes/kubelet.conf"  # the kubelet's own, once it is bootstrapped
+# The kubelet's own kubeconfig once it is bootstrapped, and the credentials it bootstraps from:
+# kubeadm's kubelet-start writes those, and kubelet-wait-bootstrap deletes them as it ends.
+KUBELET_CONFS = "/etc/kubernetes/kubelet.conf /etc/kubernetes/bootstrap-kubelet.conf"
 
 
-async def kubelet_start_again(
+async def kubelet_start_when_needed(
     session: Session, node: Node, attempt: Attempt, skip: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """`skip` for the run after kubelet-wait-bootstrap ran out. kubeadm deletes the kubelet's
-    bootstrap credentials as that wait ends, so unless the kubelet got its certificate since,
-    kubelet-start runs again (it writes them anew from a valid token, and refuses only a Node
-    already Ready): with a fresh token (they live an hour), and once this node's own API server
-    answers, which the kubelet bootstraps against (kubeadm 1.35 on) and the last phase waits for
-    (HA run 19: it refused connections for 20 min, and each run waited out kubeadm's limit)."""
-    step = progress(session, node, attempt)
-    if (await session.shell(node).run(f"test -f {KUBELET_CONF}", timeout=30 * session.slowdown)).ok:
-        step("the kubelet has its certificate now: kubeadm's wait for it will pass")
+    """`skip`, less kubelet-start when a run that waits for the kubelet's bootstrap would find
+    neither file above: after kubelet-wait-bootstrap ran out (HA runs 8 and 19), kubeadm had
+    deleted the credentials, and a run with kubelet-start skipped waits out the limit again.
+    kubelet-start writes them anew from a valid token, and refuses only a Node already Ready: so
+    it runs with a fresh token (they live an hour), once this node's own API server answers,
+    which the kubelet bootstraps against (kubeadm 1.35 on) and the last phase waits for (HA run
+    19: it refused connections for 20 min)."""
+    if "kubelet-wait-bootstrap" in skip:
         return skip
+    found = f"for f in {KUBELET_CONFS}; do test -f $f && exit 0; done; exit 1"
+    if (await session.shell(node).run(found, timeout=30 * session.slowdown)).ok:
+        return skip
+    step = progress(session, node, attempt)
     step("kubeadm deleted the kubelet's bootstrap credentials: wait for this node's API server")
     local = f"--server=https://{node.address}:{API_PORT}"
     await kubectl_until_ok(session, node, f"{local} {ENDPOINT_ANSWERS}", attempt.deadline)
     admin = await admin_node(session, besides=node.name)
     step(f"fresh credentials from {admin.name}, then kubelet-start again")
-    await write_join_config(
-        session, node, await fetch_credentials(session, admin, control_plane=True)
-    )
+    creds = await fetch_credentials(session, admin, control_plane=True)
+    await write_join_config(session, node, creds)
     return tuple(p for p in skip if p != "kubelet-start")
 
 

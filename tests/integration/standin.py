@@ -646,9 +646,10 @@ BOOTSTRAP_KUBECONFIG = KUBE / "bootstrap-kubelet.conf"
 
 
 def wait_for_tls_bootstrap(runs_out: bool) -> None:
-    """kubelet-wait-bootstrap: the kubelet bootstraps from what kubelet-start wrote, and kubeadm
-    deletes that as the wait ends, whatever its outcome (a defer)."""
-    bootstrapped = BOOTSTRAP_KUBECONFIG.exists() and not runs_out
+    """kubelet-wait-bootstrap: the kubelet bootstraps from what kubelet-start wrote (or has its
+    kubelet.conf already), and kubeadm deletes that as the wait ends, whatever its outcome."""
+    found = BOOTSTRAP_KUBECONFIG.exists() or (KUBE / "kubelet.conf").exists()
+    bootstrapped = found and not runs_out
     BOOTSTRAP_KUBECONFIG.unlink(missing_ok=True)
     if not bootstrapped:
         raise Fail(

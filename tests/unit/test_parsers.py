@@ -9,6 +9,8 @@ after the lines kubeadm 1.34 prints before it; kubeadm-join-wait-control-plane.t
 kubeadm-join-run-condition.txt are the error lines of two runs of the remaining phases in HA run
 10, kubeadm-join-wait-control-plane-livez.txt those of one in HA run 13;
 kubeadm-join-done-message-panic.txt is the whole output of one in HA run 16;
+kubeadm-join-1.36-wait-control-plane.txt is cp3's whole `kubeadm join` (1.36.3) in HA run 20 but
+the etcd client's JSON warnings;
 kubelet-journal-not-registered.txt is journalctl's last lines of cp3's kubelet in HA run 19, each
 cut at 300 characters)."""
 
@@ -94,6 +96,8 @@ def test_gist_of_a_failed_kubeadm_join_names_the_phase() -> None:
     assert summary.startswith("error execution phase etcd-join:")
     assert "context deadline exceeded" in summary and "[preflight]" not in summary
     assert gist("") == "no output"
+    whole = gist(recorded("kubeadm-join-1.36-wait-control-plane.txt"))
+    assert "RuntimeConfig" not in whole and "error execution phase wait-control-plane" in whole
 
 
 @pytest.mark.parametrize(
@@ -158,6 +162,12 @@ def test_etcd_errors_keep_etcds_words_and_shorten_grpcs() -> None:
             "control-plane-not-live",
             ("kubelet-wait-bootstrap", "control-plane-join/mark-control-plane"),
         ),
+        # HA run 20, kubeadm 1.36: the whole join got that far, its member a voter
+        (
+            "kubeadm-join-1.36-wait-control-plane.txt",
+            "control-plane-not-live",
+            ("kubelet-wait-bootstrap", "control-plane-join/mark-control-plane"),
+        ),
         # failed before the first finishing phase ran: nothing is done
         ("kubeadm-join-run-condition.txt", "api-timeout", ()),
     ],
@@ -165,8 +175,8 @@ def test_etcd_errors_keep_etcds_words_and_shorten_grpcs() -> None:
 def test_a_run_of_the_remaining_phases_goes_on_where_the_last_one_failed(
     name: str, cause: str, finished: tuple[str, ...]
 ) -> None:
-    """Real kubeadm 1.34, HA runs 10 and 13: each is a failure another run may get past (the
-    lab's RUN_AGAIN), run again from the failed phase."""
+    """Real kubeadm 1.34 (HA runs 10 and 13) and 1.36 (run 20): each is a failure another run
+    may get past (the lab's RUN_AGAIN), run again from the failed phase."""
     text = recorded(name)
     assert classify(text)[0] == cause and cause in RUN_AGAIN
     assert finished_phases(text) == finished
