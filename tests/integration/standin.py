@@ -33,6 +33,8 @@ certificates, the API server) is reduced to what the lab can observe:
   bootstrap kubeconfig, and kubelet-wait-bootstrap passes only with it there, deleting it
   whatever the outcome, as kubeadm does: a run after the wait ran out passes only with
   kubelet-start not skipped.
+  With `whole_joins_fail: N`, the first N joins that run etcd-join fail in wait-control-plane as
+  well, every phase before it done (HA run 20's cp3).
   A control-plane join whose only phase not skipped is wait-control-plane ends as kubeadm 1.34's
   does: every phase done, then a nil-pointer panic on its done message, exit 2.
   The etcd "manifest" is /etc/kubernetes/manifests/etcd.yaml (JSON: the etcd argv).
@@ -132,9 +134,9 @@ class NodeConf:
     promote_reply_lost: bool = False
     member_lookup_fails: bool = False
     remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
-    remaining_phases_fail_in: str = (
-        "kubelet-wait-bootstrap"  # | "wait-control-plane" | "tls-bootstrap"
-    )
+    # | "wait-control-plane" | "tls-bootstrap"
+    remaining_phases_fail_in: str = "kubelet-wait-bootstrap"
+    whole_joins_fail: int = 0  # how many joins that run etcd-join fail in wait-control-plane
     reset_keeps_member: bool = False
     takes_leadership: bool = False  # its member is made the leader after its promote
     node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
@@ -605,6 +607,9 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     failing = (
         "etcd-join" in skip and counted_run(node, "remaining-phases") <= node.remaining_phases_fail
     )
+    whole_join_fails = (
+        "etcd-join" not in skip and counted_run(node, "whole-joins") <= node.whole_joins_fail
+    )
     server = f"https://{api}"
     if "kubelet-start" not in skip:
         BOOTSTRAP_KUBECONFIG.write_text(kubeconfig(server, "system:bootstrappers"))
@@ -624,7 +629,7 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         wait_for_tls_bootstrap(failing and node.remaining_phases_fail_in == "tls-bootstrap")
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, endpoints, "control-plane")
-    if failing and node.remaining_phases_fail_in == "wait-control-plane":
+    if whole_join_fails or (failing and node.remaining_phases_fail_in == "wait-control-plane"):
         # HA run 13: the node's own API server answered /livez, its etcd check failing, for
         # kubeadm's 20 min (no "?timeout=" in it: not an API request past 10 s).
         raise Fail(

@@ -277,6 +277,21 @@ def test_3f_remaining_phases_run_again_from_the_phase_that_failed(
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
 
 
+def test_3f2_a_whole_join_that_failed_in_its_last_phase_is_finished_from_there(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA run 20, real kubeadm 1.36: cp3's whole join waited out kubeadm's limit for its own API
+    server, its member a voter; the first run of the remaining phases began again at
+    kubelet-wait-bootstrap, and its configuration fetch timed out. It runs the last phase only."""
+    lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.nodes["cp2"].configure(whole_joins_fail=1)
+    out = ok(lab.lab("join", "cp2"))
+    assert "kubeadm join failed, but etcd made this node a voter: finish it" in out
+    assert "kubelet-wait-bootstrap,control-plane-join/mark-control-plane)\n" in out
+    assert "joined on attempt 1" in out and "undo" not in out and "run 2" not in out
+    assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
+
+
 def test_3g_a_tls_bootstrap_that_ran_out_runs_kubelet_start_again_not_undone(
     make_harness: Callable[..., Harness],
 ) -> None:
