@@ -236,7 +236,8 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt, error
 
 # The kubelet's own kubeconfig once it is bootstrapped, and the credentials it bootstraps from:
 # kubeadm's kubelet-start writes those, and kubelet-wait-bootstrap deletes them as it ends.
-KUBELET_CONFS = "/etc/kubernetes/kubelet.conf /etc/kubernetes/bootstrap-kubelet.conf"
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+BOOTSTRAP_KUBELET_CONF = "/etc/kubernetes/bootstrap-kubelet.conf"
 
 
 async def kubelet_start_when_needed(
@@ -251,7 +252,7 @@ async def kubelet_start_when_needed(
     19: it refused connections for 20 min)."""
     if "kubelet-wait-bootstrap" in skip:
         return skip
-    found = f"for f in {KUBELET_CONFS}; do test -f $f && exit 0; done; exit 1"
+    found = f"test -f {KUBELET_CONF} || test -f {BOOTSTRAP_KUBELET_CONF}"
     if (await session.shell(node).run(found, timeout=30 * session.slowdown)).ok:
         return skip
     step = progress(session, node, attempt)

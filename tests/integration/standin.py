@@ -104,6 +104,7 @@ PKI = KUBE / "pki"
 MANIFESTS = KUBE / "manifests"
 APISERVER_MANIFEST = MANIFESTS / "kube-apiserver.yaml"
 ETCD_DATA = Path("/var/lib/etcd")
+BOOTSTRAP_KUBECONFIG = KUBE / "bootstrap-kubelet.conf"  # kubelet-start's, for the TLS bootstrap
 KUBECONFIGS = (
     "admin.conf",
     "super-admin.conf",
@@ -645,9 +646,6 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
         return 2
     say("This node has joined the cluster and a new control plane instance was created.")
     return 0
-
-
-BOOTSTRAP_KUBECONFIG = KUBE / "bootstrap-kubelet.conf"
 
 
 def wait_for_tls_bootstrap(runs_out: bool) -> None:
