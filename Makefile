@@ -110,7 +110,7 @@ export LAB_UPGRADE_FROM := 1.36.3
 test-e2e: venv engine image
 	scripts/apt-ensure $(LIBVIRT_DEBS)
 	$(MAKE) image VERSION=$(LAB_UPGRADE_FROM)
-	$(PY) -m pytest -s tests/e2e/test_kubeadm_patches.py tests/e2e/test_cluster.py
+	$(PY) -m pytest -s tests/e2e/test_cluster.py
 
 # The HA cluster (3 control planes behind the VIP + 1 worker), failover, scaling and a partition:
 # over an hour on a 2-core host, so by hand, not in `make test` (docs/testing.md).

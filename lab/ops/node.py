@@ -14,19 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from lab.ops.common import OpFailed, Session
-from lab.render.kubeadm import (
-    ETCD_SERVERS_PATCH,
-    JOIN_PATH,
-    emulated_patches,
-    etcd_servers_index,
-    etcd_servers_patch,
-    join_configuration,
-)
+from lab.render.kubeadm import JOIN_PATH, emulated_patches, join_configuration
 from lab.ssh import SshError
 from lab.topology import Node, machine_name
 
 KUBECONFIG = "/etc/kubernetes/admin.conf"
-API_SERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 # Seconds a TCP connect may take before the path counts as filtered, scaled by the session's
 # slowdown: a loaded emulated guest took over 2 s to answer a connect to its peer port (HA run 6).
 PROBE_TIMEOUT = 2
@@ -140,13 +132,9 @@ async def wait_until_reachable(session: Session, node: Node, max_wait: float) ->
 
 @dataclass(frozen=True)
 class Credentials:
-    """What a join needs from the admin node: (a control plane) its certificate key and,
-    emulated, where its API server manifest has --etcd-servers (lab.render.kubeadm)."""
-
     token: str
     ca_cert_hash: str
     certificate_key: str | None
-    etcd_servers_index: int | None = None
 
 
 async def admin_node(session: Session, *, besides: str | None = None) -> Node:
@@ -184,37 +172,11 @@ async def fetch_credentials(session: Session, admin: Node, *, control_plane: boo
     ]
     if control_plane:
         commands.append(("kubeadm init phase upload-certs --upload-certs", 120))
-    patched = control_plane and session.domain_type == "qemu"
-    if patched:
-        commands.append((f"cat {API_SERVER_MANIFEST}", 30))
     runs = await asyncio.gather(
         *(sh.run(c, check=True, timeout=limit * session.slowdown) for c, limit in commands)
     )
     key = last_line(runs[2].stdout) if control_plane else None
-    index = etcd_servers_index_in(admin, runs[3].stdout) if patched else None
-    return Credentials(last_line(runs[0].stdout), ca_cert_hash(runs[1].stdout), key, index)
-
-
-async def etcd_servers_index_on(session: Session, source: Node) -> int:
-    r = await session.shell(source).run(
-        f"cat {API_SERVER_MANIFEST}", check=True, timeout=30 * session.slowdown
-    )
-    return etcd_servers_index_in(source, r.stdout)
-
-
-def etcd_servers_index_in(source: Node, manifest: str) -> int:
-    """Where `source`'s API server manifest has --etcd-servers: the same on every control plane
-    of its release and cluster configuration (kubeadm writes them alike)."""
-    try:
-        return etcd_servers_index(manifest)
-    except ValueError as e:
-        raise OpFailed(f"{source.name}: {API_SERVER_MANIFEST}: {e}") from None
-
-
-async def write_etcd_servers_patch(session: Session, node: Node, index: int) -> None:
-    others = [cp for cp in session.topo.control_planes if cp.name != node.name]
-    text = etcd_servers_patch(index, others)
-    await session.shell(node).write_file(ETCD_SERVERS_PATCH, text.encode(), mode=0o644)
+    return Credentials(last_line(runs[0].stdout), ca_cert_hash(runs[1].stdout), key)
 
 
 def last_line(text: str) -> str:
@@ -247,8 +209,6 @@ async def write_join_config(session: Session, node: Node, creds: Credentials) ->
     if node.is_control_plane:
         for path, patch in emulated_patches(session.domain_type).items():
             await shell.write_file(path, patch.encode(), mode=0o644)
-        if creds.etcd_servers_index is not None:
-            await write_etcd_servers_patch(session, node, creds.etcd_servers_index)
 
 
 JOIN_PID = "/etc/kubernetes/lab/kubeadm-join.pid"

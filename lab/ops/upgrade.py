@@ -34,20 +34,8 @@ from lab.config import ConfigError
 from lab.ops.common import OpFailed, Session
 from lab.ops.detached import Detached
 from lab.ops.leader import leader_kept_off
-from lab.ops.node import (
-    KUBECONFIG,
-    admin_node,
-    etcd_servers_index_on,
-    gist,
-    kubectl_until_ok,
-    write_etcd_servers_patch,
-)
-from lab.render.kubeadm import (
-    ETCD_SERVERS_PATCH,
-    UPGRADE_PATH,
-    release_tags,
-    upgrade_configuration,
-)
+from lab.ops.node import KUBECONFIG, admin_node, gist, kubectl_until_ok
+from lab.render.kubeadm import UPGRADE_PATH, release_tags, upgrade_configuration
 from lab.ssh import SshError
 from lab.topology import Node
 
@@ -212,7 +200,7 @@ async def upgrade_node(
         *(stage(session, other, bundle, everything=False) for other in others),
     )
     await install(session, node, target, "kubeadm")
-    await write_upgrade_config(session, node, first)
+    await write_upgrade_config(session, node)
     if node.is_control_plane:
         async with leader_kept_off(session, node):  # kubeadm restarts its etcd: not the leader's
             await kubeadm_upgrade(session, admin, node, release, first, deadline)
@@ -348,22 +336,9 @@ async def install(session: Session, node: Node, target: str, *names: str) -> Non
     )
 
 
-async def write_upgrade_config(session: Session, node: Node, first: bool) -> None:
-    """The upgrade's configuration and (emulated control planes) the patch of its join that
-    points the API server at the other control planes' etcd members (lab.render.kubeadm), at
-    the index the release's manifest has the flag: read from the first control plane, which
-    `kubeadm upgrade apply` brought to it. The first itself gets kubeadm's own flag back: no
-    manifest of the release is there to read before its upgrade, and its member is settled."""
-    sh = session.shell(node)
+async def write_upgrade_config(session: Session, node: Node) -> None:
     text = upgrade_configuration(session.cfg, node, session.domain_type)
-    await sh.write_file(UPGRADE_PATH, text.encode(), mode=0o600)
-    if not node.is_control_plane or session.domain_type != "qemu":
-        return
-    if first:
-        await sh.run(f"rm -f {ETCD_SERVERS_PATCH}", timeout=60 * session.slowdown, check=True)
-    else:
-        index = await etcd_servers_index_on(session, session.topo.first)
-        await write_etcd_servers_patch(session, node, index)
+    await session.shell(node).write_file(UPGRADE_PATH, text.encode(), mode=0o600)
 
 
 async def drain(session: Session, admin: Node, node: Node, deadline: float) -> None:

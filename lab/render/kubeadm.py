@@ -12,7 +12,6 @@ import yaml
 
 from lab.config import API_PORT, LabConfig
 from lab.domain_type import ELECTION_TIMEOUT_SECONDS, DomainType
-from lab.etcd import CLIENT_PORT
 from lab.releases import Release, minor_of
 from lab.topology import Node
 
@@ -114,45 +113,6 @@ def emulated_patches(domain_type: DomainType) -> dict[str, str]:
         f"{PATCHES_DIR}/{target}+strategic.yaml": yaml.safe_dump(patch)
         for target, patch in patches.items()
     }
-
-
-# A joining control plane's API server reads etcd through the other control planes' members,
-# not its own: kubeadm points it at 127.0.0.1:2379, the member it has just added, which answers
-# a linearizable read only once the leader's ReadIndex is back and it has applied that far. On
-# an emulated host that took seconds a read for minutes (HA run 20: 1414 "waiting for ReadIndex
-# response took too long"), and kube-apiserver exits when a start-up hook outlasts its fixed
-# limit (rbac/bootstrap-roles 30 s, the service IP repair 1 min; no flag): cp3's restarted 5
-# times and was live after 20 min. Every other control plane of the config is listed, so the API
-# server keeps working with any one of them down (etcd's client round-robins over the members
-# that answer, a missing one skipped), and it stays so after the join: one rule, kept by `lab
-# upgrade`. kubeadm has no per-node flag: a JSON patch replaces the flag's entry in the
-# manifest's command (kubernetes/kubeadm#3028), at the index the control planes' manifest has it
-# (kubeadm sorts the flags by name), and tests the entry first, so another layout fails the
-# patch instead of replacing another flag.
-KUBEADM_ETCD_SERVERS = f"--etcd-servers=https://127.0.0.1:{CLIENT_PORT}"
-ETCD_SERVERS_PATCH = f"{PATCHES_DIR}/kube-apiserver0+json.yaml"
-
-
-def etcd_servers_index(manifest: str) -> int:
-    """Where kube-apiserver's static pod manifest has --etcd-servers in its command."""
-    try:
-        command = yaml.safe_load(manifest)["spec"]["containers"][0]["command"]
-        return next(i for i, arg in enumerate(command) if arg.startswith("--etcd-servers="))
-    except (yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration):
-        raise ValueError("not a kube-apiserver manifest with --etcd-servers") from None
-
-
-def etcd_servers_patch(index: int, members: list[Node]) -> str:
-    """The JSON patch pointing a control plane's API server at `members`' etcd client URLs."""
-    urls = ",".join(f"https://{m.address}:{CLIENT_PORT}" for m in members)
-    path = f"/spec/containers/0/command/{index}"
-    return yaml.safe_dump(
-        [
-            {"op": "test", "path": path, "value": KUBEADM_ETCD_SERVERS},
-            {"op": "replace", "path": path, "value": f"--etcd-servers={urls}"},
-        ],
-        sort_keys=False,
-    )
 
 
 def _slow(probe: str) -> dict[str, int]:

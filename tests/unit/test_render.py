@@ -275,31 +275,6 @@ def test_join_configuration_for_a_control_plane_and_a_worker(lab) -> None:
         )
 
 
-# kube-apiserver's manifest as kubeadm 1.36.3 writes it from the lab's emulated init configuration
-# (`kubeadm init phase control-plane apiserver`, no patches); the e2e tier has each built
-# release's kubeadm apply the patch itself.
-API_SERVER_MANIFEST = Path(__file__).with_name("recorded") / "kube-apiserver-1.36.3.yaml"
-
-
-def test_a_joining_control_plane_reads_etcd_through_the_other_control_planes_only(lab) -> None:
-    _, topo, _ = lab
-    manifest = API_SERVER_MANIFEST.read_text()
-    command = yaml.safe_load(manifest)["spec"]["containers"][0]["command"]
-    index = kubeadm.etcd_servers_index(manifest)
-    assert command[index] == kubeadm.KUBEADM_ETCD_SERVERS
-    ops = yaml.safe_load(kubeadm.etcd_servers_patch(index, [topo.node("cp1"), topo.node("cp3")]))
-    # the entry is tested before it is replaced: a manifest of another layout fails the patch
-    assert ops[0] == {"op": "test", "path": ops[1]["path"], "value": command[index]}
-    patched = list(command)
-    patched[int(ops[1]["path"].rsplit("/", 1)[1])] = ops[1]["value"]
-    assert [a for a in patched if a not in command] == [
-        "--etcd-servers=https://10.30.0.11:2379,https://10.30.0.13:2379"
-    ]
-    assert len(patched) == len(command)
-    with pytest.raises(ValueError, match="--etcd-servers"):
-        kubeadm.etcd_servers_index(manifest.replace("--etcd-servers=", "--etcd-servers-gone="))
-
-
 def test_haproxy_config_lists_every_control_plane_and_passes_haproxys_own_check(
     lab, tmp_path: Path
 ) -> None:
