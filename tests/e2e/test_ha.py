@@ -14,6 +14,7 @@ the VIP: admin.conf's server is the VIP, whichever control plane `lab` asks.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -205,13 +206,17 @@ def text_of(log: Path) -> str:
 def test_6b_every_drill_of_the_guide_is_diagnosed_and_recovered(ha: Cluster) -> None:
     """`lab rehearse`: all six drills on the real 3 + 1 (each between a snapshot's save and
     restore). What it says (each command, each save's and restore's time) goes to a file as it
-    runs, about an hour under emulation, and is printed after it with the table."""
+    runs, and is printed after it with the table. LAB_DRILLS (names, space-separated) plays some
+    of them: each restores its snapshot, so a host too slow for all six in one sitting (each
+    control-plane join 30-40 min under emulation here, docs/ha-runs.md) can play them in two."""
+    drills = os.environ.get("LAB_DRILLS", "").split() or list(SCENARIOS)
+    assert set(drills) <= set(SCENARIOS), f"LAB_DRILLS: not drills: {set(drills) - set(SCENARIOS)}"
     said = ha.tmp / "rehearse.out"
     print(f"\nlab rehearse: its progress in {said}")
     began = time.monotonic()
     with said.open("w") as progress:
         out = subprocess.run(
-            ha.lab_argv("rehearse", "--json"),
+            ha.lab_argv("rehearse", "--json", *drills),
             stdout=subprocess.PIPE,
             stderr=progress,
             text=True,
@@ -223,7 +228,7 @@ def test_6b_every_drill_of_the_guide_is_diagnosed_and_recovered(ha: Cluster) -> 
     )
     rows = json.loads(out.stdout)
     print(render([Row(**r) for r in rows]))
-    assert [r["scenario"] for r in rows] == list(SCENARIOS)
+    assert [r["scenario"] for r in rows] == drills
     assert all(r["ok"] for r in rows), rows
     assert json.loads(ha.lab("snapshot", "list", "--json").stdout) == []
 
