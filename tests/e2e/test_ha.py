@@ -226,6 +226,7 @@ def test_6b_every_drill_of_the_guide_is_diagnosed_and_recovered(ha: Cluster) -> 
     print(
         f"{said.read_text()}\nlab rehearse: {time.monotonic() - began:.0f} s, exit {out.returncode}"
     )
+    assert out.stdout.strip(), f"lab rehearse printed no rows (exit {out.returncode}): {said}"
     rows = json.loads(out.stdout)
     print(render([Row(**r) for r in rows]))
     assert [r["scenario"] for r in rows] == drills

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import yaml
 
+from lab.ops.gate import RECORD
+
 from .harness import Harness, etcd_bin
 from .test_join import CPS, ok, started
 
@@ -64,6 +66,22 @@ def test_a_restore_brings_back_the_lab_as_saved(make_harness: Callable[..., Harn
     ok(lab.lab("snapshot", "delete", "base"))
     assert saved(lab) == []
     assert not any((n.dir / "snapshots" / "base").exists() for n in lab.nodes.values())
+
+
+def test_a_save_waits_for_a_stable_etcd_its_first_look_could_not_prove(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """HA run 22: on a loaded emulated lab the save's first look (two gate windows) held only 2
+    slow polls, and every drill's save was refused with etcd stable. Here the gate asks for more
+    polls than that look holds, and no earlier gate's record vouches: the save waits for the
+    gate instead of refusing."""
+    lab = joined(make_harness())
+    (lab.state_dir / RECORD).unlink()
+    lab.write_config(gate_consecutive_polls=12)  # the first look (2.5 s) holds about 5
+    said = ok(lab.lab("snapshot", "save", "slow"))
+    assert said.count("gate: waiting for a stable etcd") == 2  # the first look, then the gate
+    assert "gate: stable: 3 voter(s)" in said
+    assert [r["name"] for r in saved(lab)] == ["slow"]
 
 
 def test_saves_and_restores_refused_change_nothing(make_harness: Callable[..., Harness]) -> None:
