@@ -28,7 +28,7 @@ RECORD = "etcd-stable.json"  # in the state folder
 
 @dataclass(frozen=True)
 class Violation:
-    rule: str  # members | started | status | leader | term | applied | alarm | read
+    rule: str  # members | started | status | leader | term | applied | alarm | read | window
     member: str  # the member it is about, or "cluster"
     detail: str
 

@@ -135,7 +135,7 @@ class NodeConf:
     promote_reply_lost: bool = False
     member_lookup_fails: bool = False
     remaining_phases_fail: int = 0  # how many runs of the phases after etcd-join fail
-    # | "wait-control-plane" | "tls-bootstrap"
+    # where those runs fail: this phase, "wait-control-plane" or "tls-bootstrap"
     remaining_phases_fail_in: str = "kubelet-wait-bootstrap"
     whole_joins_fail: int = 0  # how many joins that run etcd-join fail in wait-control-plane
     reset_keeps_member: bool = False
