@@ -12,7 +12,7 @@ export LAB_STACK := $(STACK)
 # lab, engine, e2e).
 UNIT_DEBS        := cloud-init genisoimage haproxy xsltproc
 INTEGRATION_DEBS := openssh-server openssh-client iproute2 iptables openssl util-linux procps \
-                    keepalived haproxy curl
+                    keepalived haproxy curl qemu-utils
 LIBVIRT_DEBS     := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
                     genisoimage xsltproc iproute2 util-linux
 IMAGE_DEBS       := mmdebstrap extlinux syslinux-common fdisk e2fsprogs qemu-utils

@@ -50,6 +50,7 @@ def test_a_restore_brings_back_the_lab_as_saved(make_harness: Callable[..., Harn
         ).stdout
     )
     assert status["totalKey"] > 0 and record["etcd_bytes"] == db.stat().st_size
+    assert record["disk_bytes"] == 0  # read by qemu-img: the stand-in's disks hold no memory
     assert "base" in ok(lab.lab("snapshot", "list"))
 
     lab.put("/it/after", "written after the save")

@@ -12,8 +12,11 @@ It stands in for libvirt's internal snapshot of a paused guest (its disks and it
   processes' memory is not kept, so after `snapshot-revert` the node's etcd and API server start
   again from those files at `resume` (a real revert continues the saved processes: the e2e tier
   reverts real guests).
+- The node's disk is a small real qcow2 that the command also gives an internal snapshot NAME
+  (`qemu-img snapshot -c`, deleted with it), so `lab` reads its size with the real `qemu-img
+  info`; it holds no memory state (vm-state-size 0), where a real guest's holds its memory.
 - `snapshot-revert D NAME --paused`, `snapshot-list D --name`, `snapshot-delete D NAME`,
-  `list --all [--name]`, `domblkinfo D --all` (the node's files and snapshot copies as its disk).
+  `list --all [--name]`, `domstats D --block` (that disk).
 Anything else exits 1 with virsh's wording for an unknown command.
 """
 
@@ -73,9 +76,16 @@ class Machine:
         for pid in self.pids().values():
             os.kill(pid, sig)
 
-    def disk_bytes(self) -> int:
-        dirs = [self.dir / d for d in KEPT] + [self.snapshots]
-        return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+    @property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+    def qemu_img(self, *args: str) -> None:
+        if not self.disk.exists():
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "1M"], check=True
+            )
+        subprocess.run(["qemu-img", *args, str(self.disk)], check=True, capture_output=True)
 
 
 def copy_into(src: Path, dst: Path) -> None:
@@ -133,6 +143,7 @@ def run(machines: dict[str, Machine], args: list[str]) -> int:
             return fail(f"domain snapshot {rest[0]} already exists")
         for d in KEPT:
             shutil.copytree(m.dir / d, target / d, symlinks=True)
+        m.qemu_img("snapshot", "-c", rest[0])
         print(f"Domain snapshot {rest[0]} created")
     elif cmd == "snapshot-revert":
         if rest[0] not in names:
@@ -156,11 +167,10 @@ def run(machines: dict[str, Machine], args: list[str]) -> int:
                 f"Domain snapshot not found: no domain snapshot with matching name '{rest[0]}'"
             )
         shutil.rmtree(m.snapshots / rest[0])
+        m.qemu_img("snapshot", "-d", rest[0])
         print(f"Domain snapshot {rest[0]} deleted")
-    elif cmd == "domblkinfo":
-        print(" Target   Capacity   Allocation   Physical\n---------------------------------------")
-        size = m.disk_bytes()
-        print(f" vda      {size}   {size}   {size}")
+    elif cmd == "domstats":
+        print(f"Domain: '{m.name}'\n  block.count=1\n  block.0.name=vda\n  block.0.path={m.disk}")
     else:
         return fail(f"unknown command: '{cmd}'")
     return 0
