@@ -48,8 +48,8 @@ class Record:
     machines: dict[str, str]  # node -> its libvirt domain
     members: dict[str, str]  # etcd member (node name) -> its ID, hex
     voters: int
-    disk_bytes: int  # the machines' memory, saved in their disks (their blocks are shared
-    # with the running machines until these write them, so they are not counted)
+    disk_bytes: int  # the machines' memory it holds in their disks (the disks' own blocks it
+    # shares with the running machines, so they are not counted)
     etcd_bytes: int
     seconds: float  # how long the save took, machines paused for most of it
     forced: bool
