@@ -49,7 +49,8 @@ class Record:
     members: dict[str, str]  # etcd member (node name) -> its ID, hex
     voters: int
     disk_bytes: int  # the machines' memory it holds in their disks (the disks' own blocks it
-    # shares with the running machines, so they are not counted)
+    # shares with the running machines, so they are not counted); the name kept so that records
+    # saved before session 24, when it was the disks' growth, still load
     etcd_bytes: int
     seconds: float  # how long the save took, machines paused for most of it
     forced: bool

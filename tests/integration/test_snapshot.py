@@ -50,7 +50,9 @@ def test_a_restore_brings_back_the_lab_as_saved(make_harness: Callable[..., Harn
         ).stdout
     )
     assert status["totalKey"] > 0 and record["etcd_bytes"] == db.stat().st_size
-    assert record["disk_bytes"] == 0  # read by qemu-img: the stand-in's disks hold no memory
+    # The stand-in's disks hold no memory, so 0; this proves only that the real qemu-img read
+    # them (a save whose qemu-img fails is undone); the e2e tier checks a real snapshot's size.
+    assert record["disk_bytes"] == 0
     assert "base" in ok(lab.lab("snapshot", "list"))
 
     lab.put("/it/after", "written after the save")
