@@ -64,6 +64,15 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         "etcd did not become stable in time (see the gate's rules)",
         ("gate failed",),
     ),
+    # Before connection-refused: the wait's last /livez may meet the node's API server between
+    # two of its restarts (HA run 25), and that is this wait running out, not a closed port.
+    (
+        "control-plane-not-live",
+        "the node's own API server did not pass /livez in kubeadm's wait (under emulation: its"
+        " etcd member still catching up on a loaded host, HA runs 10 and 13); the node is a"
+        " voter by then, so the wait is run again rather than the voter undone",
+        ("failed while waiting for the control plane to start",),
+    ),
     (
         "connection-refused",
         "a port the join needs is closed (nothing listening)",
@@ -74,13 +83,6 @@ CAUSES: list[tuple[str, str, tuple[str, ...]]] = [
         "kubeadm's etcd-join gave up on a slow etcd call (most have a fixed 2 s limit); a learner"
         " it started is promoted by the lab and the join finished, else the attempt is retried",
         ("error creating local etcd static pod manifest file",),
-    ),
-    (
-        "control-plane-not-live",
-        "the node's own API server did not pass /livez in kubeadm's wait (under emulation: its"
-        " etcd member still catching up on a loaded host, HA runs 10 and 13); the node is a"
-        " voter by then, so the wait is run again rather than the voter undone",
-        ("failed while waiting for the control plane to start",),
     ),
     (
         "api-timeout",

@@ -168,6 +168,12 @@ def test_etcd_errors_keep_etcds_words_and_shorten_grpcs() -> None:
             "control-plane-not-live",
             ("kubelet-wait-bootstrap", "control-plane-join/mark-control-plane"),
         ),
+        # HA run 25, kubeadm 1.36: the wait's last /livez met the API server between restarts
+        (
+            "kubeadm-join-wait-control-plane-refused.txt",
+            "control-plane-not-live",
+            ("kubelet-wait-bootstrap", "control-plane-join/mark-control-plane"),
+        ),
         # failed before the first finishing phase ran: nothing is done
         ("kubeadm-join-run-condition.txt", "api-timeout", ()),
     ],
@@ -175,8 +181,8 @@ def test_etcd_errors_keep_etcds_words_and_shorten_grpcs() -> None:
 def test_a_run_of_the_remaining_phases_goes_on_where_the_last_one_failed(
     name: str, cause: str, finished: tuple[str, ...]
 ) -> None:
-    """Real kubeadm 1.34 (HA runs 10 and 13) and 1.36 (run 20): each is a failure another run
-    may get past (the lab's RUN_AGAIN), run again from the failed phase."""
+    """Real kubeadm 1.34 (HA runs 10 and 13) and 1.36 (runs 20 and 25): each is a failure another
+    run may get past (the lab's RUN_AGAIN), run again from the failed phase."""
     text = recorded(name)
     assert classify(text)[0] == cause and cause in RUN_AGAIN
     assert finished_phases(text) == finished
