@@ -234,26 +234,33 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt, error
             error = e
 
 
-# The kubelet's own kubeconfig once it is bootstrapped, and the credentials it bootstraps from:
-# kubeadm's kubelet-start writes those, and kubelet-wait-bootstrap deletes them as it ends.
+# The credentials the kubelet bootstraps from (kubeadm's kubelet-start writes them, and
+# kubelet-wait-bootstrap deletes them as it ends), and its own kubeconfig: the kubelet writes that
+# as it starts, naming a client certificate it does not have yet (it bootstraps in the
+# background), so the kubeconfig alone is no bootstrapped kubelet (HA run 26: kubelet-start
+# skipped, the kubelet restarting on "unable to load bootstrap kubeconfig" for the next run).
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 BOOTSTRAP_KUBELET_CONF = "/etc/kubernetes/bootstrap-kubelet.conf"
+KUBELET_CAN_START = (
+    f"test -f {BOOTSTRAP_KUBELET_CONF} || {{ test -f {KUBELET_CONF} &&"
+    f" sed -n 's/^ *client-certificate: *//p' {KUBELET_CONF} | xargs -r ls >/dev/null 2>&1; }}"
+)
 
 
 async def kubelet_start_when_needed(
     session: Session, node: Node, attempt: Attempt, skip: tuple[str, ...]
 ) -> tuple[str, ...]:
     """`skip`, less kubelet-start when a run that waits for the kubelet's bootstrap would find
-    neither file above: after kubelet-wait-bootstrap ran out (HA runs 8 and 19), kubeadm had
-    deleted the credentials, and a run with kubelet-start skipped waits out the limit again.
+    nothing it can start from (above): after kubelet-wait-bootstrap ran out (HA runs 8, 19 and
+    26), kubeadm had deleted the credentials, and a run with kubelet-start skipped waits out the
+    limit again.
     kubelet-start writes them anew from a valid token, and refuses only a Node already Ready: so
     it runs with a fresh token (they live an hour), once this node's own API server answers,
     which the kubelet bootstraps against (kubeadm 1.35 on) and the last phase waits for (HA run
     19: it refused connections for 20 min)."""
     if "kubelet-wait-bootstrap" in skip:
         return skip
-    found = f"test -f {KUBELET_CONF} || test -f {BOOTSTRAP_KUBELET_CONF}"
-    if (await session.shell(node).run(found, timeout=30 * session.slowdown)).ok:
+    if (await session.shell(node).run(KUBELET_CAN_START, timeout=30 * session.slowdown)).ok:
         return skip
     step = progress(session, node, attempt)
     step("kubeadm deleted the kubelet's bootstrap credentials: wait for this node's API server")

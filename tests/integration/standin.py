@@ -31,8 +31,10 @@ certificates, the API server) is reduced to what the lab can observe:
   phase, the others done (HA run 13's text), or (`tls-bootstrap`) kubeadm's wait for the
   kubelet's TLS bootstrap running out (HA runs 8 and 19's text). kubelet-start writes the
   bootstrap kubeconfig, and kubelet-wait-bootstrap passes only with it there, deleting it
-  whatever the outcome, as kubeadm does: a run after the wait ran out passes only with
-  kubelet-start not skipped.
+  whatever the outcome, as kubeadm does; a wait that ran out leaves the kubelet.conf the real
+  kubelet writes as it starts, naming a client certificate it never got (HA run 26; here under
+  /etc/kubernetes/pki, the node's own, where the real one is /var/lib/kubelet/pki): a run after
+  the wait ran out passes only with kubelet-start not skipped.
   With `whole_joins_fail: N`, the first N joins that run etcd-join fail in wait-control-plane as
   well, every phase before it done (HA run 20's cp3).
   A control-plane join whose only phase not skipped is wait-control-plane ends as kubeadm 1.34's
@@ -105,6 +107,7 @@ MANIFESTS = KUBE / "manifests"
 APISERVER_MANIFEST = MANIFESTS / "kube-apiserver.yaml"
 ETCD_DATA = Path("/var/lib/etcd")
 BOOTSTRAP_KUBECONFIG = KUBE / "bootstrap-kubelet.conf"  # kubelet-start's, for the TLS bootstrap
+KUBELET_CLIENT_CERT = PKI / "kubelet-client-current.pem"  # never written: no kubelet runs here
 KUBECONFIGS = (
     "admin.conf",
     "super-admin.conf",
@@ -400,7 +403,8 @@ def systemctl(node: NodeConf, argv: list[str]) -> int:
 # ---- kubeadm -------------------------------------------------------------------------------------
 
 
-def kubeconfig(server: str, user: str) -> str:
+def kubeconfig(server: str, user: str, client_cert: str = "") -> str:
+    auth = {"client-certificate": client_cert} if client_cert else {}
     return str(
         yaml.safe_dump(
             {
@@ -419,7 +423,7 @@ def kubeconfig(server: str, user: str) -> str:
                     }
                 ],
                 "current-context": f"{user}@kubernetes",
-                "users": [{"name": user, "user": {}}],
+                "users": [{"name": user, "user": auth}],
             }
         )
     )
@@ -627,7 +631,10 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     start_apiserver(node)
     (KUBE / "admin.conf").write_text(kubeconfig(server, "kubernetes-admin"))
     if "kubelet-wait-bootstrap" not in skip:
-        wait_for_tls_bootstrap(failing and node.remaining_phases_fail_in == "tls-bootstrap")
+        wait_for_tls_bootstrap(
+            kubeconfig(server, f"system:node:{node.name}", client_cert=str(KUBELET_CLIENT_CERT)),
+            runs_out=failing and node.remaining_phases_fail_in == "tls-bootstrap",
+        )
     (KUBE / "kubelet.conf").write_text(kubeconfig(server, f"system:node:{node.name}"))
     register(node, endpoints, "control-plane")
     if whole_join_fails or (failing and node.remaining_phases_fail_in == "wait-control-plane"):
@@ -648,13 +655,20 @@ def cmd_join(node: NodeConf, args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for_tls_bootstrap(runs_out: bool) -> None:
-    """kubelet-wait-bootstrap: the kubelet bootstraps from what kubelet-start wrote (or has its
-    kubelet.conf already), and kubeadm deletes that as the wait ends, whatever its outcome."""
-    found = BOOTSTRAP_KUBECONFIG.exists() or (KUBE / "kubelet.conf").exists()
-    bootstrapped = found and not runs_out
+def wait_for_tls_bootstrap(kubelet_conf: str, runs_out: bool) -> None:
+    """kubelet-wait-bootstrap: the kubelet bootstraps from what kubelet-start wrote (or has a
+    kubelet.conf whose client certificate is there), and kubeadm deletes that as the wait ends,
+    whatever its outcome. A wait that ran out leaves `kubelet_conf`, the kubelet's own."""
+    conf = KUBE / "kubelet.conf"
+    has_cert = conf.exists() and all(
+        Path(u["user"]["client-certificate"]).exists()
+        for u in yaml.safe_load(conf.read_text())["users"]
+        if "client-certificate" in u["user"]
+    )
+    bootstrapped = (BOOTSTRAP_KUBECONFIG.exists() or has_cert) and not runs_out
     BOOTSTRAP_KUBECONFIG.unlink(missing_ok=True)
     if not bootstrapped:
+        conf.write_text(kubelet_conf)
         raise Fail(
             "error execution phase kubelet-wait-bootstrap: failed while waiting for TLS"
             " bootstrap: context deadline exceeded"

@@ -297,7 +297,8 @@ def test_3g_a_tls_bootstrap_that_ran_out_runs_kubelet_start_again_not_undone(
 ) -> None:
     """HA runs 8 and 19, real kubeadm: the remaining phases waited out kubeadm's limit for the
     kubelet's TLS bootstrap, and the promoted voter was undone. kubeadm deletes the bootstrap
-    credentials as it gives up: the next run has kubelet-start write them again, from a fresh
+    credentials as it gives up, leaving the kubelet.conf the kubelet wrote without its
+    certificate (HA run 26): the next run has kubelet-start write them again, from a fresh
     token, once the node's own API server answers."""
     lab = started(make_harness(nodes=("cp1", "cp2")))
     lab.nodes["cp2"].configure(
