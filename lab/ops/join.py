@@ -210,28 +210,31 @@ async def remaining_phases(session: Session, node: Node, attempt: Attempt, error
     from the phase the failure before it was in (HA run 10: runs 2 and 3 redid finished phases,
     and their configuration fetch timed out; run 20: the whole join reached wait-control-plane),
     and a run after the first only once the endpoint answers within kubeadm's limit again. Any
-    other failure is the attempt's."""
+    other failure, of kubeadm or of what a run needs before it, is the attempt's."""
     step = progress(session, node, attempt)
     base = after_etcd_join(session.cfg.kubernetes.version)
+    failure = str(error)
     for run in range(1, REMAINING_PHASES_RUNS + 1):
-        skip = await kubelet_start_when_needed(
-            session, node, attempt, base + finished_phases(str(error))
-        )
         again = f", run {run}" if run > 1 else ""
-        if run > 1:
-            step("wait until the endpoint answers within kubeadm's 10 s")
-            admin = await admin_node(session, besides=node.name)
-            await kubectl_until_ok(session, admin, ENDPOINT_ANSWERS, attempt.deadline)
-        step(f"kubeadm join, the remaining phases (--skip-phases={','.join(skip)}){again}")
         try:
+            if run > 1:
+                step("wait until the endpoint answers within kubeadm's 10 s")
+                admin = await admin_node(session, besides=node.name)
+                await kubectl_until_ok(session, admin, ENDPOINT_ANSWERS, attempt.deadline)
+            # Inside the try: its fresh token's request may pass the 10 s too (HA run 26), and
+            # then no finishing phase had finished, so the next run's phases are these again.
+            skip = await kubelet_start_when_needed(
+                session, node, attempt, base + finished_phases(failure)
+            )
+            step(f"kubeadm join, the remaining phases (--skip-phases={','.join(skip)}){again}")
             await kubeadm_join(session, node, timeout=attempt.left(), skip_phases=skip)
             return
-        except OpFailed as e:
+        except (OpFailed, SshError) as e:
             last = run == REMAINING_PHASES_RUNS or attempt.left(at_least=0) < 60
             if last or classify(str(e))[0] not in RUN_AGAIN:
                 raise
             session.say(node.name, f"    {e}")
-            error = e
+            failure = str(e)
 
 
 # The credentials the kubelet bootstraps from (kubeadm's kubelet-start writes them, and

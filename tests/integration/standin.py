@@ -58,6 +58,7 @@ certificates, the API server) is reduced to what the lab can observe:
   (`kubeadm upgrade`, drain, the kubelet's restart) is not stood in for: the e2e tiers run it.
 - `kubeadm token create`, `kubeadm init phase upload-certs --upload-certs`: print a token / a
   certificate key and store them (in etcd, under /registry/secrets/ as the API server would).
+  With `token_create_fails_at: N`, this node's Nth `token create` times out as HA run 26's did.
 - `kubectl get pods -A -o json`: an empty list (no pod runs on a test node).
 - `systemctl is-active|stop|start|restart kubelet`: no kubelet runs; stopping the unit marks the
   Node NotReady (Ready Unknown, "Kubelet stopped posting node status."), starting it starts the
@@ -144,6 +145,7 @@ class NodeConf:
     reset_keeps_member: bool = False
     takes_leadership: bool = False  # its member is made the leader after its promote
     node_delete_fails: int = 0  # how many `kubectl delete node` on this node fail with EOF
+    token_create_fails_at: int = 0  # which `kubeadm token create` here (1, 2, ...) times out
     join_held: bool = False  # a worker's join waits while this is true
     version: str = "0.0.0"  # the Kubernetes version its "binaries" report (the config's)
 
@@ -866,6 +868,13 @@ def admin_endpoints(node: NodeConf) -> list[str]:
 def cmd_token(node: NodeConf, args: argparse.Namespace) -> int:
     if args.action != "create":
         raise Fail(f"the stand-in supports `token create` only, not {args.action!r}")
+    if counted_run(node, "token-creates") == node.token_create_fails_at:
+        raise Fail(
+            "failed to create or update bootstrap token with name bootstrap-token-reut60: unable"
+            ' to update *v1.Secret: Put "https://10.41.0.10:8443/api/v1/namespaces/kube-system/'
+            'secrets/bootstrap-token-reut60?timeout=10s": net/http: request canceled'
+            " (Client.Timeout exceeded while awaiting headers)"
+        )
     endpoints = admin_endpoints(node)
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
     token = (

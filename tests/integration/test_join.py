@@ -299,16 +299,19 @@ def test_3g_a_tls_bootstrap_that_ran_out_runs_kubelet_start_again_not_undone(
     kubelet's TLS bootstrap, and the promoted voter was undone. kubeadm deletes the bootstrap
     credentials as it gives up, leaving the kubelet.conf the kubelet wrote without its
     certificate (HA run 26): the next run has kubelet-start write them again, from a fresh
-    token, once the node's own API server answers."""
+    token, once the node's own API server answers. That token's request timing out (HA run 26:
+    the voter undone) is run again too."""
     lab = started(make_harness(nodes=("cp1", "cp2")))
+    lab.nodes["cp1"].configure(token_create_fails_at=2)  # 1: the attempt's, 2: the kubelet's
     lab.nodes["cp2"].configure(
         promote_reply_lost=True, remaining_phases_fail=1, remaining_phases_fail_in="tls-bootstrap"
     )
     out = ok(lab.lab("join", "cp2"))
     assert "failed while waiting for TLS bootstrap" in out
     assert "kubeadm deleted the kubelet's bootstrap credentials: wait for this node's API" in out
+    assert "bootstrap-token-reut60?timeout=10s" in out
     assert "fresh credentials from cp1, then kubelet-start again" in out
-    rerun = re.search(r"--skip-phases=([\w,/-]+)\), run 2", out)
+    rerun = re.search(r"--skip-phases=([\w,/-]+)\), run 3", out)
     assert rerun and "kubelet-start" not in rerun.group(1).split(","), out
     assert "joined on attempt 1" in out and "undo" not in out
     assert lab.voters() == ["cp1", "cp2"] and not lab.learners()
