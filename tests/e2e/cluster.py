@@ -23,8 +23,11 @@ from .conftest import Libvirtd, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".venv" / "bin" / "lab"
-# An HA up under emulation: cp1 about 5 min, each joining control plane 8-26 min (docs/ha-runs.md).
+# A guard against a hang, not a speed target: the lab's own limits end a join that is stuck.
+# The 1 + 1 up takes 3-12 min under emulation; the 3 + 1 one 15-61 min, and HA run 27's was
+# still joining cp3 (its API server's 13th start) when 90 min stopped it (docs/ha-runs.md).
 UP_TIMEOUT = 5400
+HA_UP_TIMEOUT = 3 * 3600
 API_RESTART = 300
 # What kubectl says when the API server is restarting, or too loaded to finish a request within
 # its 60 s, or (EOF from haproxy at the VIP) taken out by haproxy's health check: every command
@@ -46,6 +49,7 @@ class Cluster:
     config: Path
     tmp: Path
     name: str
+    up_timeout: int
 
     def lab(
         self,
@@ -92,7 +96,7 @@ class Cluster:
     def up(self, log: Path) -> subprocess.CompletedProcess[str]:
         """`pulumi up` with its event log at `log`; the caller checks the exit code."""
         argv = ("up", "--yes", "--skip-preview", "--event-log", str(log))
-        return self.stack.pulumi(*argv, timeout=UP_TIMEOUT, check=False)
+        return self.stack.pulumi(*argv, timeout=self.up_timeout, check=False)
 
     def up_with_table(self, name: str) -> list[tuple[str, float]]:
         """`pulumi up`, which must succeed; prints and returns its step table."""
@@ -213,7 +217,8 @@ def cluster_on(
     )
     stack = Stack.create("e2e", {"lab:config": str(config)}, netns=libvirtd.netns)
     try:
-        yield Cluster(stack, libvirtd, config, tmp, name)
+        up_timeout = UP_TIMEOUT if control_planes == 1 else HA_UP_TIMEOUT
+        yield Cluster(stack, libvirtd, config, tmp, name, up_timeout)
     finally:
         stack.pulumi("destroy", "--yes", "--skip-preview", check=False, timeout=1800)
         stack.remove()

@@ -25,7 +25,7 @@ import pytest
 from lab.ops.rehearse import SCENARIOS, Row, render
 from tests.integration.harness import wait_until
 
-from .cluster import ROOT, UP_TIMEOUT, UPGRADE_TO, Cluster, cluster_on, upgrade_from
+from .cluster import ROOT, UPGRADE_TO, Cluster, cluster_on, upgrade_from
 from .conftest import Libvirtd
 from .upgrade import assert_upgraded_in_place, etcd_sampled, without_quorum, workload_serving
 
@@ -177,13 +177,13 @@ def test_6_a_partition_cleared_during_cp3_join_is_retried_to_three_voters(ha: Cl
         failed = "cp3: attempt 1 failed"
         wait_until(
             lambda: failed in text_of(log) or proc.poll() is not None,
-            UP_TIMEOUT,
+            ha.up_timeout,
             "cp3's first attempt to fail",
             5,
         )
         assert proc.poll() is None, output.read_text()
         partition(ha, "-D")
-        assert proc.wait(timeout=UP_TIMEOUT) == 0, output.read_text()
+        assert proc.wait(timeout=ha.up_timeout) == 0, output.read_text()
     said = text_of(log)
     assert "cp3: joined on attempt" in said and "cp3: joined on attempt 1\n" not in said
     assert ha.voters_and_learners() == (["cp1", "cp2", "cp3"], [])
