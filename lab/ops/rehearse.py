@@ -27,7 +27,7 @@ from lab.ssh import SshError
 from lab.topology import Node
 
 TRANSIENT_SECONDS = 5.0  # a transient fault's life, times the domain type's slowdown
-LOSS = 0.2  # the share of etcd's packets dropped in the packet-loss scenario
+LOSS = 0.2  # the share of the other control planes' packets a joining one drops (packet-loss)
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ SCENARIOS = {
         Scenario(
             "packet-loss",
             "flaky network between control planes",
-            f"{LOSS:.0%} of etcd's packets to a joining control plane dropped (inside the guest)"
-            " for the whole join",
+            f"{LOSS:.0%} of what the other control planes send a joining one dropped (inside the"
+            " guest) for the whole join",
             rejoin=True,
         ),
     )
